@@ -1,0 +1,154 @@
+"""AF3's audio front end: 30-s windows, token counts and the Whisper log-mel.
+
+The API process only ships 16 kHz PCM; the log-mel is computed here, inside the
+model on its device, batched over every window of a step. The numbers follow
+transformers' `AudioFlamingo3Processor` and `WhisperFeatureExtractor` exactly, so
+placeholder counts and features equal the reference implementation's.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import WhisperFeatureExtractor
+from transformers.utils import cached_file
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """Feature-extractor settings of a checkpoint (its processor_config.json)."""
+
+    sampling_rate: int = 16000
+    num_mel_bins: int = 128
+    n_fft: int = 400
+    hop_length: int = 160
+    window_seconds: int = 30
+    max_audio_seconds: int = 600
+
+    @classmethod
+    def from_pretrained(cls, model: str, revision: str | None = None) -> "AudioSpec":
+        path = cached_file(model, "processor_config.json", revision=revision)
+        config = json.loads(open(path).read())
+        fe = config["feature_extractor"]
+        return cls(
+            sampling_rate=fe["sampling_rate"],
+            num_mel_bins=fe["feature_size"],
+            n_fft=fe["n_fft"],
+            hop_length=fe["hop_length"],
+            window_seconds=fe["chunk_length"],
+            max_audio_seconds=config.get("max_audio_len", cls.max_audio_seconds),
+        )
+
+    @property
+    def window_samples(self) -> int:
+        return self.window_seconds * self.sampling_rate
+
+    @property
+    def window_frames(self) -> int:
+        return self.window_samples // self.hop_length
+
+    @property
+    def max_windows(self) -> int:
+        return self.max_audio_seconds // self.window_seconds
+
+    @property
+    def max_samples(self) -> int:
+        return self.max_windows * self.window_samples
+
+    @property
+    def min_samples(self) -> int:
+        """Fewest samples that yield one audio token (3 mel frames)."""
+        return 2 * self.hop_length + 1
+
+    def window_frame_counts(self, num_samples: int) -> list[int]:
+        """Valid mel frames of each 30-s window of a clip (the feature mask's sums)."""
+        num_windows = max(1, math.ceil(num_samples / self.window_samples))
+        counts = []
+        for i in range(num_windows):
+            samples = min(self.window_samples, num_samples - i * self.window_samples)
+            counts.append(math.ceil(samples / self.hop_length))
+        return counts
+
+    def num_audio_tokens(self, num_samples: int) -> int:
+        """Placeholder count, as HF computes it: over the summed mask of all windows."""
+        return tokens_after_pooling(sum(self.window_frame_counts(num_samples)))
+
+    def check_length(self, num_samples: int) -> None:
+        """Refuse audio the model cannot take, naming the limit."""
+        seconds = num_samples / self.sampling_rate
+        if num_samples > self.max_samples:
+            raise ValueError(
+                f"Audio is {seconds:.2f} s long; the maximum is {self.max_audio_seconds} s "
+                f"({self.max_windows} windows of {self.window_seconds} s)."
+            )
+        if num_samples < self.min_samples:
+            raise ValueError(
+                f"Audio is {seconds * 1000:.1f} ms long; the minimum is "
+                f"{self.min_samples} samples ({self.min_samples / self.sampling_rate * 1000:.1f} ms "
+                f"at {self.sampling_rate} Hz), the length of one audio token."
+            )
+
+
+def positions_after_conv(frames: int) -> int:
+    """Encoder positions after the stride-2 conv."""
+    return (frames - 1) // 2 + 1
+
+
+def tokens_after_pooling(frames: int) -> int:
+    """Audio tokens after the conv and the stride-2 average pool."""
+    return (positions_after_conv(frames) - 2) // 2 + 1
+
+
+class LogMel(torch.nn.Module):
+    """Whisper log-mel of whole 30-s windows, each normalised by its own maximum
+    (padding included, as the reference pads every window to 30 s)."""
+
+    def __init__(self, spec: AudioSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        extractor = WhisperFeatureExtractor(
+            feature_size=spec.num_mel_bins,
+            sampling_rate=spec.sampling_rate,
+            hop_length=spec.hop_length,
+            n_fft=spec.n_fft,
+            chunk_length=spec.window_seconds,
+        )
+        # Not in the checkpoint: made here, on the device vLLM builds the model on,
+        # in float32 whatever the model's dtype (as the reference computes them).
+        self.register_buffer(
+            "mel_filters",
+            torch.tensor(extractor.mel_filters.T, dtype=torch.float32),
+            persistent=False,
+        )
+        self.register_buffer(
+            "window", torch.hann_window(spec.n_fft, dtype=torch.float32), persistent=False
+        )
+
+    def split_windows(self, audios: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        """Zero-padded [num_windows, window_samples] float32 PCM and each window's
+        count of valid mel frames."""
+        rows: list[torch.Tensor] = []
+        frame_counts: list[int] = []
+        for audio in audios:
+            audio = audio.to(self.window.device, torch.float32)
+            padded_len = math.ceil(audio.numel() / self.spec.window_samples) * self.spec.window_samples
+            padded = torch.nn.functional.pad(audio, (0, padded_len - audio.numel()))
+            rows.append(padded.view(-1, self.spec.window_samples))
+            frame_counts.extend(self.spec.window_frame_counts(audio.numel()))
+        return torch.cat(rows), frame_counts
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """[num_windows, window_samples] PCM -> [num_windows, mel_bins, window_frames]."""
+        stft = torch.stft(
+            windows,
+            self.spec.n_fft,
+            self.spec.hop_length,
+            window=self.window,
+            return_complex=True,
+        )
+        power = (stft[..., :-1].abs() ** 2).contiguous()
+        log_spec = torch.clamp(self.mel_filters @ power, min=1e-10).log10()
+        peak = log_spec.amax(dim=(1, 2), keepdim=True)
+        log_spec = torch.maximum(log_spec, peak - 8.0)
+        return (log_spec + 4.0) / 4.0

@@ -1,0 +1,117 @@
+"""AF3ServeForConditionalGeneration: our AF3 for vLLM.
+
+PCM from our processor -> log-mel on the device -> AF-Whisper encoder (vLLM layers,
+varlen attention) -> adaptor -> embeddings that replace the `<sound>` placeholders in
+the prefill of vLLM's own paged-attention Qwen2 decoder.
+"""
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.models.interfaces import (
+    MultiModalEmbeddings,
+    SupportsLoRA,
+    SupportsMultiModal,
+    SupportsPP,
+)
+from vllm.model_executor.models.module_mapping import MultiModelKeys
+from vllm.model_executor.models.utils import (
+    AutoWeightsLoader,
+    init_vllm_registered_model,
+    maybe_prefix,
+)
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.sequence import IntermediateTensors
+
+from af3_model_executor.audio_features import AudioSpec, LogMel
+from af3_model_executor.encoder import AF3AudioEncoder, AF3Projector
+from af3_model_executor.processing import (
+    AUDIO_TOKEN,
+    AF3DummyInputsBuilder,
+    AF3MultiModalProcessor,
+    AF3ProcessingInfo,
+)
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    AF3MultiModalProcessor, info=AF3ProcessingInfo, dummy_inputs=AF3DummyInputsBuilder
+)
+class AF3ServeForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP, SupportsLoRA):
+    packed_modules_mapping = {
+        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+        "gate_up_proj": ["gate_proj", "up_proj"],
+    }
+
+    @classmethod
+    def get_placeholder_str(cls, modality: str, i: int) -> str | None:
+        return AUDIO_TOKEN if modality.startswith("audio") else None
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        model_config = vllm_config.model_config
+        self.config = config
+        self.audio_spec = AudioSpec.from_pretrained(model_config.model, model_config.revision)
+
+        with self._mark_tower_model(vllm_config, "audio"):
+            self.log_mel = LogMel(self.audio_spec)
+            self.audio_tower = AF3AudioEncoder(
+                vllm_config, config.audio_config, prefix=maybe_prefix(prefix, "audio_tower")
+            )
+            self.multi_modal_projector = AF3Projector(
+                config.audio_config.hidden_size,
+                config.text_config.hidden_size,
+                config.projector_hidden_act,
+                config.projector_bias,
+                prefix=maybe_prefix(prefix, "multi_modal_projector"),
+            )
+
+        with self._mark_language_model(vllm_config):
+            self.language_model = init_vllm_registered_model(
+                vllm_config=vllm_config,
+                hf_config=config.text_config,
+                prefix=maybe_prefix(prefix, "language_model"),
+                architectures=["Qwen2ForCausalLM"],
+            )
+        self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+
+    def get_mm_mapping(self) -> MultiModelKeys:
+        return MultiModelKeys.from_string_field(
+            language_model="language_model.",
+            connector="multi_modal_projector.",
+            tower_model="audio_tower.",
+        )
+
+    def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
+        """One [num_audio_tokens, hidden] tensor per audio of the batch."""
+        audio_pcm = kwargs.get("audio_pcm")
+        if audio_pcm is None:
+            return []
+        audios = list(audio_pcm)  # a list, or a stacked tensor when lengths agree
+        windows, frame_counts = self.log_mel.split_windows(audios)
+        tokens = self.audio_tower(self.log_mel(windows), frame_counts)
+        embeddings = self.multi_modal_projector(tokens)
+        counts = [self.audio_spec.num_audio_tokens(audio.numel()) for audio in audios]
+        return torch.split(embeddings, counts)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor | IntermediateTensors:
+        if intermediate_tensors is not None:
+            inputs_embeds = None
+        return self.language_model.model(
+            input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds
+        )
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.language_model.compute_logits(hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        return AutoWeightsLoader(self).load_weights(weights)

@@ -1,0 +1,199 @@
+"""Build a deterministic random-weight AF3 checkpoint in the official layout.
+
+The real `nvidia/audio-flamingo-3-hf` weights cannot be downloaded where our tests
+run, so tests and CPU benchmarks use a small checkpoint with the same file layout,
+tokenizer special tokens, feature-extractor settings and chat template.
+"""
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AudioFlamingo3Config,
+    AudioFlamingo3ForConditionalGeneration,
+    AudioFlamingo3Processor,
+    PreTrainedTokenizerFast,
+    WhisperFeatureExtractor,
+)
+
+AUDIO_TOKEN = "<sound>"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", AUDIO_TOKEN]
+
+# Renders like the real checkpoint's template: a default system turn, every audio
+# of a user turn as one `<sound>` at its start, the turn's text right after it.
+CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}"
+    "{{ message['content'] }}"
+    "{% else %}"
+    "{% for part in message['content'] if part['type'] == 'audio' %}{{ '<sound>' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
+    "{% endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# Text the tokenizer's byte-level BPE merges are learnt from: fixed, so the
+# vocabulary is the same on every machine.
+_BPE_CORPUS = [
+    "You are a helpful assistant.",
+    "Transcribe the input speech.",
+    "The spoken content of the audio is",
+    "What can you hear in this audio clip? Describe the music in detail.",
+    "Please think and reason about the input audio before you respond.",
+    "the quick brown fox jumps over the lazy dog 0123456789",
+    "speech sound music noise question answer language model",
+]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Shape of one checkpoint; the text model keeps head_dim >= 32 for vLLM's CPU
+    paged attention, and the initializer range is wide enough that greedy decoding
+    has clear winners (parity tests compare tokens)."""
+
+    encoder_layers: int
+    encoder_dim: int
+    encoder_heads: int
+    encoder_ffn: int
+    text_layers: int
+    text_dim: int
+    text_heads: int
+    text_kv_heads: int
+    text_ffn: int
+    init_range: float = 0.2
+
+
+PRESETS = {
+    # Fast tests.
+    "tiny": Preset(2, 64, 2, 128, 2, 128, 2, 1, 256),
+    # One decoder layer of one 32-wide head: the serving pipeline dominates a CPU benchmark.
+    "bench": Preset(2, 64, 2, 128, 1, 32, 1, 1, 64),
+    # The real AF-Whisper encoder shape (Whisper-large-v3), tiny decoder: encoder benchmarks.
+    "real-encoder": Preset(32, 1280, 20, 5120, 1, 64, 1, 1, 128, init_range=0.02),
+}
+
+
+def build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_BPE_CORPUS, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>", AUDIO_TOKEN],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_config(preset: Preset, tokenizer: PreTrainedTokenizerFast) -> AudioFlamingo3Config:
+    vocab_size = len(tokenizer)
+    return AudioFlamingo3Config(
+        audio_config={
+            "num_mel_bins": 128,
+            "num_hidden_layers": preset.encoder_layers,
+            "hidden_size": preset.encoder_dim,
+            "num_attention_heads": preset.encoder_heads,
+            "intermediate_size": preset.encoder_ffn,
+            "max_source_positions": 1500,
+            "initializer_range": preset.init_range,
+        },
+        text_config={
+            "model_type": "qwen2",
+            "vocab_size": vocab_size,
+            "hidden_size": preset.text_dim,
+            "intermediate_size": preset.text_ffn,
+            "num_hidden_layers": preset.text_layers,
+            "num_attention_heads": preset.text_heads,
+            "num_key_value_heads": preset.text_kv_heads,
+            "max_position_embeddings": 32768,
+            "rope_theta": 1000000.0,
+            "tie_word_embeddings": False,
+            "initializer_range": preset.init_range,
+            "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+            "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        },
+        audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
+        architectures=["AudioFlamingo3ForConditionalGeneration"],
+    )
+
+
+def official_key(hf_key: str) -> str:
+    """Map a key of transformers' in-memory module tree to the published layout."""
+    for prefix, official in (
+        ("model.audio_tower.", "audio_tower."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+        ("model.language_model.", "language_model.model."),
+        ("lm_head.", "language_model.lm_head."),
+    ):
+        if hf_key.startswith(prefix):
+            return official + hf_key[len(prefix) :]
+    raise KeyError(f"unexpected parameter {hf_key}")
+
+
+def build_checkpoint(out_dir: Path, preset_name: str = "tiny", seed: int = 0) -> Path:
+    preset = PRESETS[preset_name]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out_dir)
+    config = build_config(preset, tokenizer)
+
+    torch.manual_seed(seed)
+    model = AudioFlamingo3ForConditionalGeneration(config).eval()
+    state = {official_key(k): v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
+    config.save_pretrained(out_dir)
+    model.generation_config.save_pretrained(out_dir)
+
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128,
+        sampling_rate=16000,
+        hop_length=160,
+        n_fft=400,
+        chunk_length=30,
+        return_attention_mask=True,
+    )
+    processor = AudioFlamingo3Processor(
+        feature_extractor=feature_extractor,
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+        max_audio_len=600,
+    )
+    processor.save_pretrained(out_dir)
+    (out_dir / "AF3_TINY_CHECKPOINT.json").write_text(
+        json.dumps({"preset": preset_name, "seed": seed, "random_weights": True}) + "\n"
+    )
+    return out_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    path = build_checkpoint(args.out_dir, args.preset, args.seed)
+    print(f"wrote random-weight AF3 checkpoint ({args.preset}) to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Shared fixtures: the tiny checkpoint, real speech, and one vLLM engine per session."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+# vLLM on CPU: a small KV cache is plenty for the tiny model.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# LLM.apply_model ships a function to the worker by pickle; tests only.
+os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "tests"
+SAMPLE_RATE = 16000
+# The pyannote-audio wheel ships 30 s of real conversational speech (16 kHz).
+PYANNOTE_WHEEL = "pyannote-audio==4.0.7"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    from af3_model_executor.tiny_checkpoint import build_checkpoint
+
+    path = CACHE / "tiny-af3"
+    if not (path / "model.safetensors").exists():
+        build_checkpoint(path, "tiny")
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_wav() -> Path:
+    """sample.wav from the pyannote-audio wheel, downloaded (not installed) at test time."""
+    wav = CACHE / "pyannote-sample.wav"
+    if not wav.exists():
+        wheel_dir = CACHE / "wheels"
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", PYANNOTE_WHEEL,
+             "-d", str(wheel_dir)],
+            check=True,
+        )
+        wheel = next(wheel_dir.glob("pyannote_audio-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            wav.write_bytes(zf.read("pyannote/audio/sample/sample.wav"))
+    return wav
+
+
+@pytest.fixture(scope="session")
+def speech(speech_wav: Path) -> np.ndarray:
+    audio, sr = sf.read(speech_wav, dtype="float32")
+    assert sr == SAMPLE_RATE and audio.ndim == 1
+    return audio
+
+
+def make_clip(speech: np.ndarray, seconds: float) -> np.ndarray:
+    """A clip of real speech of any length: each 30-s stretch is the sample shifted and
+    scaled differently, so windows differ and a mix-up of windows shows."""
+    n = int(round(seconds * SAMPLE_RATE))
+    parts, i = [], 0
+    while sum(p.size for p in parts) < n:
+        parts.append(np.roll(speech, 7919 * i) * (1.0 - 0.03 * i))
+        i += 1
+    return np.concatenate(parts)[:n].astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def llm(tiny_checkpoint: Path) -> Iterator["object"]:
+    """Our model in vLLM's offline engine, shared by every test of the session."""
+    from vllm import LLM
+
+    from af3_model_executor import HF_OVERRIDES
+
+    engine = LLM(
+        str(tiny_checkpoint),
+        hf_overrides=HF_OVERRIDES,
+        dtype="float32",
+        max_model_len=32768,
+        max_num_batched_tokens=32768,
+        limit_mm_per_prompt={"audio": 8},
+        enforce_eager=True,
+        seed=0,
+    )
+    yield engine
+    del engine

@@ -1,0 +1,74 @@
+"""The two reference implementations our model is checked against, on the same weights:
+HF transformers' AF3 (in-process) and vLLM's built-in AF3 (a subprocess with our
+plugin switched off)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROMPT_QUESTION = "What is said in the audio?"
+
+
+def chat_prompt(checkpoint: Path, question: str = PROMPT_QUESTION, num_audios: int = 1) -> str:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    content = [{"type": "audio"}] * num_audios + [{"type": "text", "text": question}]
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+
+
+class HFReference:
+    """transformers' AudioFlamingo3ForConditionalGeneration in float32."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
+
+        self.processor = AutoProcessor.from_pretrained(checkpoint)
+        self.model = AudioFlamingo3ForConditionalGeneration.from_pretrained(
+            checkpoint, dtype=torch.float32
+        ).eval()
+
+    def _inputs(self, prompt: str, audio: np.ndarray) -> dict:
+        return self.processor(text=[prompt], audio=[audio], return_tensors="pt")
+
+    @torch.inference_mode()
+    def embeddings(self, audio: np.ndarray) -> torch.Tensor:
+        inputs = self._inputs("<sound>", audio)
+        return self.model.get_audio_features(
+            inputs["input_features"], inputs["input_features_mask"]
+        ).pooler_output
+
+    def prompt_token_ids(self, prompt: str, audio: np.ndarray) -> list[int]:
+        return self._inputs(prompt, audio)["input_ids"][0].tolist()
+
+    @torch.inference_mode()
+    def generate(self, prompt: str, audio: np.ndarray, max_tokens: int) -> list[int]:
+        inputs = self._inputs(prompt, audio)
+        out = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
+        return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def builtin_vllm_generate(
+    checkpoint: Path, prompt: str, audios: list[np.ndarray], max_tokens: int, workdir: Path
+) -> tuple[list[list[int]], str]:
+    """Greedy tokens from vLLM's built-in AF3, run with no plugin loaded (VLLM_PLUGINS is
+    an allowlist naming none of ours). Returns the tokens and the model class it used."""
+    audio_file = workdir / "audios.npz"
+    np.savez(audio_file, *audios)
+    env = {**os.environ, "VLLM_PLUGINS": "no-plugin-at-all"}
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("builtin_vllm_oracle.py")),
+         str(checkpoint), prompt, str(audio_file), str(max_tokens)],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("ORACLE "))
+    answer = json.loads(line.removeprefix("ORACLE "))
+    return answer["tokens"], answer["model_class"]
