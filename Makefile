@@ -37,4 +37,7 @@ lint: install
 	$(PY) -m ruff format --check .
 
 bench-encoder: install
-	$(PY) -m benchmarks.encoder_bench --out benchmarks/results/encoder_cpu.json
+	$(PY) -m benchmarks.encoder_bench --presets tiny --repeats 5 \
+		--out benchmarks/results/encoder_cpu_tiny.json
+	$(PY) -m benchmarks.encoder_bench --presets real-encoder --repeats 1 \
+		--out benchmarks/results/encoder_cpu_real_encoder.json

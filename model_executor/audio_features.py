@@ -83,10 +83,10 @@ class AudioSpec:
                 f"({self.max_windows} windows of {self.window_seconds} s)."
             )
         if num_samples < self.min_samples:
+            min_ms = self.min_samples / self.sampling_rate * 1000
             raise ValueError(
-                f"Audio is {seconds * 1000:.1f} ms long; the minimum is "
-                f"{self.min_samples} samples ({self.min_samples / self.sampling_rate * 1000:.1f} ms "
-                f"at {self.sampling_rate} Hz), the length of one audio token."
+                f"Audio is {seconds * 1000:.1f} ms long; the minimum is {self.min_samples} "
+                f"samples ({min_ms:.1f} ms at {self.sampling_rate} Hz), one audio token."
             )
 
 
@@ -132,7 +132,9 @@ class LogMel(torch.nn.Module):
         frame_counts: list[int] = []
         for audio in audios:
             audio = audio.to(self.window.device, torch.float32)
-            padded_len = math.ceil(audio.numel() / self.spec.window_samples) * self.spec.window_samples
+            padded_len = (
+                math.ceil(audio.numel() / self.spec.window_samples) * self.spec.window_samples
+            )
             padded = torch.nn.functional.pad(audio, (0, padded_len - audio.numel()))
             rows.append(padded.view(-1, self.spec.window_samples))
             frame_counts.extend(self.spec.window_frame_counts(audio.numel()))

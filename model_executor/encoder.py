@@ -80,7 +80,7 @@ class AF3AudioEncoder(nn.Module):
         # is dropped, as AvgPool1d(2, 2) does.
         pairs = [
             window[: 2 * (n // 2)].reshape(n // 2, 2, -1)
-            for window, n in zip(torch.split(packed, lengths), lengths)
+            for window, n in zip(torch.split(packed, lengths), lengths, strict=True)
         ]
         return self.layer_norm(torch.cat(pairs).mean(dim=1))
 
@@ -116,7 +116,9 @@ class AF3Projector(nn.Module):
             audio_dim, text_dim, bias=bias, prefix=f"{prefix}.linear_1"
         )
         self.act = get_act_fn(act)
-        self.linear_2 = RowParallelLinear(text_dim, text_dim, bias=bias, prefix=f"{prefix}.linear_2")
+        self.linear_2 = RowParallelLinear(
+            text_dim, text_dim, bias=bias, prefix=f"{prefix}.linear_2"
+        )
 
     def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.linear_1(audio_features)

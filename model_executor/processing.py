@@ -113,4 +113,6 @@ class AF3MultiModalProcessor(BaseMultiModalProcessor[AF3ProcessingInfo]):
             tokens = [audio_token_id] * spec.num_audio_tokens(num_samples)
             return PromptUpdateDetails.select_token_id(tokens, embed_token_id=audio_token_id)
 
-        return [PromptReplacement(modality="audio", target=[audio_token_id], replacement=replacement)]
+        return [
+            PromptReplacement(modality="audio", target=[audio_token_id], replacement=replacement)
+        ]

@@ -16,13 +16,23 @@ def main() -> None:
 
     checkpoint, prompt, audio_file, max_tokens = sys.argv[1:5]
     audios = list(np.load(audio_file).values())
-    llm = LLM(checkpoint, dtype="float32", max_model_len=32768,
-              max_num_batched_tokens=32768, enforce_eager=True, seed=0)
+    llm = LLM(
+        checkpoint,
+        dtype="float32",
+        max_model_len=32768,
+        max_num_batched_tokens=32768,
+        enforce_eager=True,
+        seed=0,
+    )
     requests = [{"prompt": prompt, "multi_modal_data": {"audio": [(a, 16000)]}} for a in audios]
     outputs = llm.generate(requests, SamplingParams(max_tokens=int(max_tokens), temperature=0))
     model_class = llm.apply_model(model_class_name)[0]
-    print("ORACLE " + json.dumps({"tokens": [list(o.outputs[0].token_ids) for o in outputs],
-                      "model_class": model_class}))
+    print(
+        "ORACLE "
+        + json.dumps(
+            {"tokens": [list(o.outputs[0].token_ids) for o in outputs], "model_class": model_class}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,17 @@ def speech_wav() -> Path:
     if not wav.exists():
         wheel_dir = CACHE / "wheels"
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", PYANNOTE_WHEEL,
-             "-d", str(wheel_dir)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                PYANNOTE_WHEEL,
+                "-d",
+                str(wheel_dir),
+            ],
             check=True,
         )
         wheel = next(wheel_dir.glob("pyannote_audio-*.whl"))

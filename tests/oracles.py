@@ -64,11 +64,20 @@ def builtin_vllm_generate(
     np.savez(audio_file, *audios)
     env = {**os.environ, "VLLM_PLUGINS": "no-plugin-at-all"}
     result = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("builtin_vllm_oracle.py")),
-         str(checkpoint), prompt, str(audio_file), str(max_tokens)],
-        env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(Path(__file__).with_name("builtin_vllm_oracle.py")),
+            str(checkpoint),
+            prompt,
+            str(audio_file),
+            str(max_tokens),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith("ORACLE "))
+    line = next(s for s in result.stdout.splitlines() if s.startswith("ORACLE "))
     answer = json.loads(line.removeprefix("ORACLE "))
     return answer["tokens"], answer["model_class"]

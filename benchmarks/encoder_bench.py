@@ -1,0 +1,207 @@
+"""Encoder micro-benchmark: our AF3 audio path against vLLM's built-in one.
+
+Both models are loaded in this one process from the same checkpoint, in the same
+dtype, on the same device, and fed the same clips. Two timings per clip:
+
+- `encoder`: log-mel features -> audio embeddings (encoder + adaptor), what each
+  model does in `embed_multimodal`; upstream gets HF's padded features and mask.
+- `audio_path`: 16 kHz PCM -> audio embeddings, feature extraction included (ours:
+  the log-mel on the model's device; upstream: HF's feature extractor, which vLLM
+  runs in its API process).
+
+Reported as audio seconds per second (higher is better) and our/upstream ratios.
+"""
+
+import argparse
+import json
+import platform
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from af3_model_executor import HF_OVERRIDES
+from af3_model_executor.tiny_checkpoint import build_checkpoint
+
+SAMPLE_RATE = 16000
+
+
+def load_model(checkpoint: Path, dtype: str, hf_overrides: dict | None) -> tuple:
+    """The whole model, built and loaded as a vLLM worker does (minus the accelerator
+    cache flush, which fails outside a worker on CPU), and its config."""
+    from vllm.config import set_current_vllm_config
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.model_executor.model_loader import get_model_loader
+    from vllm.model_executor.model_loader.utils import process_weights_after_loading
+    from vllm.utils.torch_utils import set_default_torch_dtype
+
+    args = EngineArgs(
+        model=str(checkpoint),
+        dtype=dtype,
+        hf_overrides=hf_overrides or {},
+        enforce_eager=True,
+        max_model_len=16384,
+    )
+    vllm_config = args.create_engine_config()
+    model_config = vllm_config.model_config
+    loader = get_model_loader(vllm_config.load_config)
+    with set_current_vllm_config(vllm_config), set_default_torch_dtype(model_config.dtype):
+        model = loader.create_model(vllm_config=vllm_config, model_config=model_config)
+        loader.load_weights(model, model_config)
+        process_weights_after_loading(model, model_config, torch.device("cpu"))
+    return model.eval(), vllm_config
+
+
+def init_single_process_vllm() -> None:
+    from vllm.config import VllmConfig, set_current_vllm_config
+    from vllm.distributed import init_distributed_environment, initialize_model_parallel
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with set_current_vllm_config(VllmConfig()):
+        init_distributed_environment(
+            world_size=1,
+            rank=0,
+            local_rank=0,
+            distributed_init_method=f"tcp://127.0.0.1:{port}",
+            backend="gloo",
+        )
+        initialize_model_parallel(1, 1)
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def make_clip(seconds: float, seed: int) -> np.ndarray:
+    """Speech-like test signal: a chirping tone under noise (content does not change
+    the cost)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * np.sin(t)) * t)
+    return (tone + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@torch.inference_mode()
+def run(checkpoint: Path, seconds_list: list[float], dtype: str, repeats: int) -> list[dict]:
+    from transformers import AutoProcessor
+    from vllm.config import set_current_vllm_config
+
+    ours, vllm_config = load_model(checkpoint, dtype, HF_OVERRIDES)
+    upstream, _ = load_model(checkpoint, dtype, None)
+    hf_processor = AutoProcessor.from_pretrained(checkpoint)
+    torch_dtype = ours.audio_tower.conv1.weight.dtype
+
+    def upstream_features(clip: np.ndarray) -> dict:
+        inputs = hf_processor(text=["<sound>"], audio=[clip], return_tensors="pt")
+        windows = inputs["input_features"].shape[0]
+        return {
+            "input_features": inputs["input_features"].to(torch_dtype),
+            "feature_attention_mask": inputs["input_features_mask"],
+            "chunk_counts": torch.tensor([windows]),
+        }
+
+    rows = []
+    with set_current_vllm_config(vllm_config):
+        for i, seconds in enumerate(seconds_list):
+            clip = make_clip(seconds, i)
+            pcm = torch.from_numpy(clip)
+            windows, frame_counts = ours.log_mel.split_windows([pcm])
+            mel = ours.log_mel(windows)
+            features = upstream_features(clip)
+
+            def ours_encoder(mel: torch.Tensor = mel, counts: list[int] = frame_counts) -> object:
+                return ours.multi_modal_projector(ours.audio_tower(mel, counts))
+
+            def ours_audio_path(pcm: torch.Tensor = pcm) -> object:
+                return ours.embed_multimodal(audio_pcm=[pcm])
+
+            def upstream_encoder(features: dict = features) -> object:
+                return upstream.embed_multimodal(**features)
+
+            def upstream_audio_path(clip: np.ndarray = clip) -> object:
+                return upstream.embed_multimodal(**upstream_features(clip))
+
+            timings = {
+                "ours_encoder_s": best_of(ours_encoder, repeats),
+                "upstream_encoder_s": best_of(upstream_encoder, repeats),
+                "ours_audio_path_s": best_of(ours_audio_path, repeats),
+                "upstream_audio_path_s": best_of(upstream_audio_path, repeats),
+            }
+            gap = (torch.cat(ours_audio_path()) - torch.cat(upstream_audio_path())).abs().max()
+            row = {"audio_seconds": seconds, "max_abs_diff": float(gap), **timings}
+            for name in ("encoder", "audio_path"):
+                ours_rtf = seconds / timings[f"ours_{name}_s"]
+                upstream_rtf = seconds / timings[f"upstream_{name}_s"]
+                row[f"ours_{name}_audio_s_per_s"] = round(ours_rtf, 2)
+                row[f"upstream_{name}_audio_s_per_s"] = round(upstream_rtf, 2)
+                row[f"{name}_speedup"] = round(ours_rtf / upstream_rtf, 3)
+            rows.append(row)
+            print(
+                f"{seconds:7.1f} s  encoder x{row['encoder_speedup']:.2f}  "
+                f"audio path x{row['audio_path_speedup']:.2f}",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "real-encoder"])
+    parser.add_argument("--seconds", nargs="+", type=float, default=[7.3, 30.0, 45.0, 61.0])
+    parser.add_argument(
+        "--long-seconds",
+        nargs="*",
+        type=float,
+        default=[600.0],
+        help="extra clip lengths for the tiny preset only",
+    )
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--checkpoints", type=Path, default=Path(".cache/bench-checkpoints"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    init_single_process_vllm()
+    results = {
+        "command": "python -m benchmarks.encoder_bench "
+        + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k != "checkpoints"
+        ),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": args.threads,
+            "device": "cpu",
+            "torch": torch.__version__,
+        },
+        "presets": {},
+    }
+    for preset in args.presets:
+        checkpoint = args.checkpoints / preset
+        if not (checkpoint / "model.safetensors").exists():
+            build_checkpoint(checkpoint, preset)
+        seconds = args.seconds + (args.long_seconds if preset == "tiny" else [])
+        print(f"== preset {preset}", flush=True)
+        results["presets"][preset] = run(checkpoint, seconds, args.dtype, args.repeats)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
