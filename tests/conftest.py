@@ -96,3 +96,42 @@ def llm(tiny_checkpoint: Path) -> Iterator["object"]:
     )
     yield engine
     del engine
+
+
+@pytest.fixture(scope="session")
+def espeak_wav() -> Path:
+    """Known English text spoken by espeak-ng (a Debian package), resampled by us later."""
+    wav = CACHE / "espeak.wav"
+    if not wav.exists():
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["espeak-ng", "-w", str(wav), "The quick brown fox jumps over the lazy dog."],
+            check=True,
+        )
+    return wav
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder the test server may read file:// audio from."""
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint: Path, media_dir: Path, tmp_path_factory) -> Iterator["object"]:
+    """One real af3-serve process for the session: API key on, two requests at a time."""
+    from tests.server import start_server
+
+    log = tmp_path_factory.mktemp("server") / "af3-serve.log"
+    process = start_server(
+        tiny_checkpoint,
+        log,
+        "--allowed-local-media-path",
+        str(media_dir),
+        "--max-request-bytes",
+        str(48 * 2**20),
+        "--max-pending-requests",
+        "2",
+    )
+    yield process
+    process.stop()

@@ -1,0 +1,91 @@
+"""The FastAPI application: routes other than chat, middleware, and the engine's life."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import vllm
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from af3_model_executor import ARCHITECTURE
+from af3_serve import __version__
+from af3_serve.chat import router as chat_router
+from af3_serve.config import ServerConfig
+from af3_serve.dependencies import require_api_key
+from af3_serve.engine import start_engine
+from af3_serve.errors import install_error_handlers
+from af3_serve.limits import BodySizeLimit
+from af3_serve.protocol import ModelCard, ModelList
+from af3_serve.runtime import Runtime
+
+logger = logging.getLogger("af3_serve")
+
+
+async def _watch_engine(runtime: Runtime, on_engine_dead: Callable[[], None]) -> None:
+    while not runtime.engine.errored:
+        await asyncio.sleep(0.5)
+    runtime.engine_dead = True
+    grace = runtime.config.engine_death_grace_s
+    logger.error("the vLLM engine died; /health answers 503, exiting in %.0f s", grace)
+    # A short window in which probes and load balancers see 503 and in-flight requests
+    # get their errors, then a non-zero exit for the supervisor to restart us.
+    await asyncio.sleep(grace)
+    on_engine_dead()
+
+
+def create_app(config: ServerConfig, on_engine_dead: Callable[[], None]) -> FastAPI:
+    """`on_engine_dead` is told when the engine dies, so the process can exit non-zero."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = start_engine(config)
+        runtime = Runtime(config, engine)
+        app.state.runtime = runtime
+        watcher = asyncio.create_task(_watch_engine(runtime, on_engine_dead))
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            runtime.decode_pool.shutdown(wait=False, cancel_futures=True)
+            engine.shutdown()
+
+    app = FastAPI(title="af3-serve", version=__version__, lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
+    install_error_handlers(app)
+    app.include_router(chat_router)
+
+    @app.get("/v1/models", dependencies=[Depends(require_api_key)])
+    async def models(request: Request) -> ModelList:
+        runtime: Runtime = request.app.state.runtime
+        card = ModelCard(
+            id=config.served_model_name,
+            created=runtime.created,
+            max_model_len=runtime.max_model_len,
+        )
+        return ModelList(data=[card])
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        runtime: Runtime = request.app.state.runtime
+        if runtime.engine_dead or runtime.engine.errored:
+            return JSONResponse({"status": "engine_dead"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/version")
+    async def version_info() -> dict[str, str]:
+        return {
+            "af3_serve": __version__,
+            "vllm": vllm.__version__,
+            "model": config.model,
+            "served_model_name": config.served_model_name,
+            "model_class": ARCHITECTURE,
+        }
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,82 @@
+"""Audio files -> 16 kHz mono float32, with limits enforced while decoding.
+
+The header's duration is checked before decoding where the format has one, but a
+header can lie, so frames are also counted block by block and decoding stops as soon
+as the limit is passed: memory stays bounded whatever the file claims.
+"""
+
+import io
+from dataclasses import dataclass
+
+import librosa
+import numpy as np
+import soundfile as sf
+
+from af3_serve.errors import APIError
+
+TARGET_RATE = 16000
+MAX_SAMPLE_RATE = 384000
+MAX_CHANNELS = 32
+_BLOCK_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    max_seconds: float
+    max_decoded_bytes: int
+
+
+def decode_audio(data: bytes, limits: AudioLimits, param: str) -> np.ndarray:
+    """Decode any format libsndfile reads (wav, flac, ogg/vorbis/opus, mp3, aiff, ...)."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            return _read_limited(f, limits, param)
+    except APIError:
+        raise
+    except Exception as exc:  # libsndfile's messages can carry internals: keep them out
+        raise APIError(
+            400,
+            "Could not decode the audio: not a supported audio file "
+            "(wav, flac, ogg, mp3 and other formats libsndfile reads).",
+            param=param,
+            code="invalid_audio",
+        ) from exc
+
+
+def _too_long(seconds: float, limits: AudioLimits, param: str) -> APIError:
+    return APIError(
+        413,
+        f"Audio is {seconds:.1f} s long; this server accepts at most {limits.max_seconds:g} s.",
+        param=param,
+        code="audio_too_long",
+    )
+
+
+def _read_limited(f: sf.SoundFile, limits: AudioLimits, param: str) -> np.ndarray:
+    rate, channels = f.samplerate, f.channels
+    if not 0 < rate <= MAX_SAMPLE_RATE or not 0 < channels <= MAX_CHANNELS:
+        raise APIError(
+            400,
+            f"Unsupported audio: {rate} Hz, {channels} channels (at most {MAX_SAMPLE_RATE} Hz "
+            f"and {MAX_CHANNELS} channels).",
+            param=param,
+            code="invalid_audio",
+        )
+    max_frames = int(limits.max_seconds * rate)
+    if f.frames > max_frames and f.frames < 2**62:  # formats without a length say 2**63-1
+        raise _too_long(f.frames / rate, limits, param)
+    # Only the float32 mono downmix is kept, a block at a time.
+    max_frames = min(max_frames, limits.max_decoded_bytes // 4)
+
+    blocks, frames = [], 0
+    for block in f.blocks(blocksize=_BLOCK_SECONDS * rate, dtype="float32", always_2d=True):
+        frames += len(block)
+        if frames > max_frames:
+            raise _too_long(frames / rate, limits, param)
+        blocks.append(block.mean(axis=1) if channels > 1 else block[:, 0])
+    if frames == 0:
+        raise APIError(400, "The audio holds no samples.", param=param, code="invalid_audio")
+    audio = np.concatenate(blocks)
+    if rate != TARGET_RATE:
+        audio = librosa.resample(audio, orig_sr=rate, target_sr=TARGET_RATE, res_type="soxr_hq")
+    return np.ascontiguousarray(audio, dtype=np.float32)

@@ -1,0 +1,40 @@
+"""`af3-serve`: run the server under uvicorn; exit non-zero if the engine dies."""
+
+import logging
+import sys
+
+import uvicorn
+
+from af3_serve.app import create_app
+from af3_serve.config import parse_args
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    engine_died = False
+    server: uvicorn.Server | None = None
+
+    def on_engine_dead() -> None:
+        nonlocal engine_died
+        engine_died = True
+        if server is not None:
+            server.should_exit = True  # a supervisor restarts us
+
+    app = create_app(config, on_engine_dead)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="info",
+            timeout_graceful_shutdown=600,  # SIGTERM: finish in-flight requests first
+        )
+    )
+    server.run()
+    if engine_died or not server.started:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Where a request's audio comes from: inline base64, `data:` URLs, allowlisted
+http(s) hosts, or files under one allowed folder."""
+
+import base64
+import binascii
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+from af3_serve.errors import APIError
+from af3_serve.protocol import AudioPart, InputAudioPart
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    max_bytes: int
+    allowed_domains: frozenset[str]
+    allowed_local_path: Path | None
+    fetch_timeout_s: float = 30.0
+
+
+def _b64decode(data: str, param: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(
+            400, "Audio data is not valid base64.", param=param, code="invalid_base64"
+        ) from exc
+
+
+def _too_big(policy: MediaPolicy, param: str) -> APIError:
+    return APIError(
+        413,
+        f"Audio file is larger than {policy.max_bytes} bytes.",
+        param=param,
+        code="audio_too_large",
+    )
+
+
+async def load_audio_bytes(part: AudioPart, policy: MediaPolicy, param: str) -> bytes:
+    if isinstance(part, InputAudioPart):
+        return _b64decode(part.input_audio.data, f"{param}.input_audio.data")
+    url = part.audio_url.url
+    param = f"{param}.audio_url.url"
+    scheme = urlparse(url).scheme.lower()
+    if scheme == "data":
+        header, _, payload = url.partition(",")
+        if ";base64" not in header:
+            raise APIError(
+                400, "Only base64 data: URLs are supported.", param=param, code="invalid_url"
+            )
+        return _b64decode(payload, param)
+    if scheme in {"http", "https"}:
+        return await _fetch_http(url, policy, param)
+    if scheme == "file":
+        return _read_local(url, policy, param)
+    raise APIError(
+        400, f"Unsupported audio URL scheme '{scheme}'.", param=param, code="invalid_url"
+    )
+
+
+async def _fetch_http(url: str, policy: MediaPolicy, param: str) -> bytes:
+    host = (urlparse(url).hostname or "").lower()
+    if host not in policy.allowed_domains:
+        raise APIError(
+            400,
+            f"Fetching audio from '{host}' is not allowed on this server.",
+            param=param,
+            code="domain_not_allowed",
+        )
+    timeout = httpx.Timeout(policy.fetch_timeout_s)
+    try:
+        # No redirects: a redirect could lead anywhere, past the allowlist.
+        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+            async with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise APIError(
+                        400,
+                        f"Fetching the audio URL gave HTTP {response.status_code}.",
+                        param=param,
+                        code="fetch_failed",
+                    )
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > policy.max_bytes:
+                        raise _too_big(policy, param)
+                    chunks.append(chunk)
+                return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise APIError(
+            400, "Could not fetch the audio URL.", param=param, code="fetch_failed"
+        ) from exc
+
+
+def _read_local(url: str, policy: MediaPolicy, param: str) -> bytes:
+    if policy.allowed_local_path is None:
+        raise APIError(
+            400,
+            "file:// audio URLs are not allowed on this server.",
+            param=param,
+            code="local_file_not_allowed",
+        )
+    root = policy.allowed_local_path.resolve()
+    path = Path(unquote(urlparse(url).path)).resolve()  # follows symlinks and '..'
+    if not path.is_relative_to(root) or not path.is_file():
+        raise APIError(
+            400,
+            "The audio file is not under the allowed folder or does not exist.",
+            param=param,
+            code="local_file_not_allowed",
+        )
+    if path.stat().st_size > policy.max_bytes:
+        raise _too_big(policy, param)
+    return path.read_bytes()

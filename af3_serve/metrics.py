@@ -1,0 +1,23 @@
+"""af3-serve's own Prometheus metrics; vLLM's `vllm:*` metrics share the registry."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+AUDIO_SECONDS = Counter("af3_audio_seconds_received_total", "Seconds of decoded audio received.")
+AUDIO_DECODE_SECONDS = Histogram(
+    "af3_audio_decode_seconds",
+    "Time to fetch and decode one request's audio.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+REQUEST_AUDIO_SECONDS = Histogram(
+    "af3_request_audio_duration_seconds",
+    "Total audio duration of one request.",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400),
+)
+REQUESTS = Counter("af3_requests_total", "Finished API requests.", ["endpoint", "status"])
+REJECTED = Counter("af3_requests_rejected_total", "Requests refused, by reason.", ["reason"])
+IN_FLIGHT = Gauge("af3_requests_in_flight", "Requests admitted and not finished.")
+TIME_TO_FIRST_TOKEN = Histogram(
+    "af3_time_to_first_token_seconds",
+    "From request arrival to the first generated token.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80),
+)

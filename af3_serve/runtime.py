@@ -1,0 +1,125 @@
+"""What one server process holds while it runs: the engine, the chat template, the
+audio-decoding pool and the admission counters."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from transformers import AutoTokenizer
+from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
+from vllm.outputs import RequestOutput
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from af3_serve import metrics
+from af3_serve.audio import TARGET_RATE, AudioLimits, decode_audio
+from af3_serve.config import ServerConfig
+from af3_serve.errors import APIError
+from af3_serve.media import MediaPolicy, load_audio_bytes
+from af3_serve.prompts import AudioRef
+
+
+class Runtime:
+    def __init__(self, config: ServerConfig, engine: AsyncLLM) -> None:
+        self.config = config
+        self.engine = engine
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.audio_token_id = engine.model_config.hf_config.audio_token_id
+        self.max_model_len = engine.model_config.max_model_len
+        self.created = int(time.time())
+        self.media = MediaPolicy(
+            max_bytes=config.max_request_bytes,
+            allowed_domains=config.allowed_media_domains,
+            allowed_local_path=config.allowed_local_media_path,
+        )
+        self.limits = AudioLimits(config.max_audio_seconds, config.max_decoded_audio_bytes)
+        # Decoding runs here, off the event loop; libsndfile and soxr release the GIL.
+        self.decode_pool = ThreadPoolExecutor(config.audio_decode_workers, "af3-decode")
+        self.pending = 0
+        self.engine_dead = False
+
+    def check_model(self, model: str) -> None:
+        if model not in {self.config.served_model_name, self.config.model}:
+            raise APIError(
+                404, f"The model '{model}' does not exist.", param="model", code="model_not_found"
+            )
+
+    def admit(self) -> None:
+        """Refuse before any work once too many requests are in; pair with `release`."""
+        if self.engine_dead:
+            metrics.REJECTED.labels("engine_dead").inc()
+            raise APIError(503, "The engine is not running.", code="engine_dead")
+        if self.pending >= self.config.max_pending_requests:
+            metrics.REJECTED.labels("too_many_pending").inc()
+            raise APIError(
+                503,
+                "The server is at capacity; retry shortly.",
+                code="server_overloaded",
+                retry_after=1,
+            )
+        self.pending += 1
+        metrics.IN_FLIGHT.inc()
+
+    def release(self) -> None:
+        self.pending -= 1
+        metrics.IN_FLIGHT.dec()
+
+    async def load_audios(self, refs: list[AudioRef]) -> list[np.ndarray]:
+        if len(refs) > self.config.max_audios_per_request:
+            raise APIError(
+                400,
+                f"At most {self.config.max_audios_per_request} audios may be "
+                f"sent in one request; got {len(refs)}.",
+                param="messages",
+                code="too_many_audios",
+            )
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        audios = []
+        for ref in refs:
+            data = await load_audio_bytes(ref.part, self.media, ref.param)
+            audio = await loop.run_in_executor(
+                self.decode_pool, decode_audio, data, self.limits, ref.param
+            )
+            audios.append(audio)
+        seconds = sum(a.size for a in audios) / TARGET_RATE
+        total_limit = self.config.max_audio_seconds
+        if seconds > total_limit * self.config.max_audios_per_request:
+            raise APIError(
+                413, "Too much audio in one request.", param="messages", code="audio_too_long"
+            )
+        metrics.AUDIO_DECODE_SECONDS.observe(time.perf_counter() - start)
+        metrics.AUDIO_SECONDS.inc(seconds)
+        metrics.REQUEST_AUDIO_SECONDS.observe(seconds)
+        return audios
+
+    async def render(self, conversation: list[dict[str, Any]], audios: list[np.ndarray]) -> Any:
+        """Prompt tokens with each `<sound>` expanded, run through our processor."""
+        prompt = self.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True
+        )
+        mm_data = {"audio": [(audio, TARGET_RATE) for audio in audios]} if audios else None
+        request: dict[str, Any] = {"prompt": prompt}
+        if mm_data:
+            request["multi_modal_data"] = mm_data
+        try:
+            (engine_input,) = await self.engine.renderer.render_cmpl_async([request])
+        except (ValueError, VLLMValidationError) as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_audio") from exc
+        if len(engine_input["prompt_token_ids"]) >= self.max_model_len:
+            raise APIError(
+                400,
+                f"The prompt is {len(engine_input['prompt_token_ids'])} tokens; "
+                f"the model's context is {self.max_model_len}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return engine_input
+
+    def generate(
+        self, engine_input: Any, params: SamplingParams, request_id: str
+    ) -> AsyncIterator[RequestOutput]:
+        return self.engine.generate(engine_input, params, request_id)

@@ -1,0 +1,29 @@
+"""Encode test audio into files of each format, in memory."""
+
+import base64
+import io
+
+import numpy as np
+import soundfile as sf
+
+FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+def encode(audio: np.ndarray, fmt: str = "wav", rate: int = 16000) -> bytes:
+    container, subtype = FORMATS[fmt]
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def b64(audio: np.ndarray, fmt: str = "wav", rate: int = 16000) -> str:
+    return base64.b64encode(encode(audio, fmt, rate)).decode()
+
+
+def audio_part(audio: np.ndarray, fmt: str = "wav", rate: int = 16000) -> dict:
+    return {"type": "input_audio", "input_audio": {"data": b64(audio, fmt, rate), "format": fmt}}

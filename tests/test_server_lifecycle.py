@@ -1,0 +1,149 @@
+"""Disconnects abort engine work, overload is refused with Retry-After, SIGTERM drains,
+and a dead engine turns /health to 503 and ends the process non-zero."""
+
+import asyncio
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.audio_files import audio_part
+from tests.conftest import make_clip
+from tests.server import API_KEY, start_server
+
+MODEL = "audio-flamingo-3"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def long_request(clip, stream: bool) -> dict:
+    return {
+        "model": MODEL,
+        "stream": stream,
+        "max_tokens": 3000,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": [audio_part(clip)]}],
+    }
+
+
+def metric(server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    values = [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    ]
+    return sum(values)
+
+
+def wait_for(predicate, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+async def test_disconnect_mid_stream_aborts_the_engine_request(server, speech) -> None:
+    aborted_before = metric(server, 'vllm:request_success_total{engine="0",finished_reason="abort"')
+    async with httpx.AsyncClient(timeout=120) as client:
+        async with client.stream(
+            "POST",
+            f"{server.url}/v1/chat/completions",
+            headers=AUTH,
+            json=long_request(make_clip(speech, 60.0), True),
+        ) as response:
+            lines = response.aiter_lines()
+            for _ in range(3):
+                await anext(lines)
+    assert wait_for(lambda: metric(server, "vllm:num_requests_running") == 0)
+    assert wait_for(
+        lambda: (
+            metric(server, 'vllm:request_success_total{engine="0",finished_reason="abort"')
+            > aborted_before
+        )
+    )
+
+
+async def test_disconnect_before_the_answer_aborts_the_engine_request(server, speech) -> None:
+    async with httpx.AsyncClient(timeout=120) as client:
+        task = asyncio.create_task(
+            client.post(
+                f"{server.url}/v1/chat/completions",
+                headers=AUTH,
+                json=long_request(make_clip(speech, 60.0), False),
+            )
+        )
+        assert await asyncio.to_thread(
+            wait_for, lambda: metric(server, "vllm:num_requests_running") >= 1, 60
+        )
+        task.cancel()
+    assert wait_for(lambda: metric(server, "vllm:num_requests_running") == 0)
+    assert metric(server, "af3_requests_in_flight") == 0
+
+
+async def test_overload_is_refused_with_retry_after(server, speech) -> None:
+    """The session server admits two requests at a time."""
+    clip = make_clip(speech, 20.0)
+    async with httpx.AsyncClient(timeout=120) as client:
+        streams = [
+            client.stream(
+                "POST",
+                f"{server.url}/v1/chat/completions",
+                headers=AUTH,
+                json=long_request(clip, True),
+            )
+            for _ in range(2)
+        ]
+        opened = [await s.__aenter__() for s in streams]
+        for response in opened:  # the first chunk comes once the request is admitted
+            await anext(response.aiter_lines())
+        refused = await client.post(
+            f"{server.url}/v1/chat/completions", headers=AUTH, json=long_request(clip, False)
+        )
+        for s in streams:
+            await s.__aexit__(None, None, None)
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "server_overloaded"
+    assert metric(server, 'af3_requests_rejected_total{reason="too_many_pending"}') >= 1
+
+
+@pytest.fixture()
+def own_server(tiny_checkpoint: Path, tmp_path: Path):
+    process = start_server(tiny_checkpoint, tmp_path / "af3-serve.log")
+    yield process
+    process.stop()
+
+
+def test_sigterm_drains_in_flight_requests(own_server, speech) -> None:
+    body = long_request(make_clip(speech, 30.0), False) | {"max_tokens": 200}
+    with httpx.Client(timeout=120) as client:
+        result: dict = {}
+        thread = threading.Thread(
+            target=lambda: result.setdefault(
+                "response",
+                client.post(f"{own_server.url}/v1/chat/completions", headers=AUTH, json=body),
+            )
+        )
+        thread.start()
+        assert wait_for(lambda: metric(own_server, "af3_requests_in_flight") >= 1, 60)
+        own_server.process.send_signal(signal.SIGTERM)
+        thread.join(120)
+    assert result["response"].status_code == 200
+    assert own_server.process.wait(timeout=120) == 0
+
+
+def test_engine_death_turns_health_503_and_exits_non_zero(own_server) -> None:
+    children = psutil.Process(own_server.process.pid).children(recursive=True)
+    engines = [p for p in children if "EngineCore" in " ".join(p.cmdline()) + p.name()]
+    assert engines, [(p.name(), p.cmdline()) for p in children]
+    for engine in engines:
+        engine.kill()
+    assert wait_for(lambda: httpx.get(f"{own_server.url}/health").status_code == 503, 30)
+    assert own_server.process.wait(timeout=120) != 0
+    assert "engine died" in own_server.log_text()
