@@ -66,6 +66,8 @@ def sampling_params(
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
             repetition_penalty=body.repetition_penalty,
+            min_tokens=min(body.min_tokens, max_tokens),
+            ignore_eos=body.ignore_eos,
             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
@@ -114,7 +116,7 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
     if not task.done():
         task.cancel()
-        metrics.REJECTED.labels("client_disconnected").inc()
+        metrics.CLIENT_DISCONNECTS.labels("chat").inc()
         raise APIError(499, "Client disconnected.")
     return task.result()
 
@@ -252,6 +254,9 @@ async def _stream(
         if body.stream_options and body.stream_options.include_usage:
             yield chunk([], usage(completion_tokens))
         metrics.REQUESTS.labels("chat_stream", "200").inc()
+    except (asyncio.CancelledError, GeneratorExit):
+        metrics.CLIENT_DISCONNECTS.labels("chat_stream").inc()
+        raise
     except EngineDeadError:
         error = APIError(503, "The engine stopped while serving this request.", code="engine_dead")
         yield _sse(error.body().model_dump_json())

@@ -41,9 +41,8 @@ def _too_big(policy: MediaPolicy, param: str) -> APIError:
 
 async def load_audio_bytes(part: AudioPart, policy: MediaPolicy, param: str) -> bytes:
     if isinstance(part, InputAudioPart):
-        return _b64decode(part.input_audio.data, f"{param}.input_audio.data")
+        return _b64decode(part.input_audio.data, param)
     url = part.audio_url.url
-    param = f"{param}.audio_url.url"
     scheme = urlparse(url).scheme.lower()
     if scheme == "data":
         header, _, payload = url.partition(",")

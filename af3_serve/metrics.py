@@ -15,6 +15,11 @@ REQUEST_AUDIO_SECONDS = Histogram(
 )
 REQUESTS = Counter("af3_requests_total", "Finished API requests.", ["endpoint", "status"])
 REJECTED = Counter("af3_requests_rejected_total", "Requests refused, by reason.", ["reason"])
+CLIENT_DISCONNECTS = Counter(
+    "af3_client_disconnects_total",
+    "Requests whose client left before the answer was complete; their engine work is aborted.",
+    ["endpoint"],
+)
 IN_FLIGHT = Gauge("af3_requests_in_flight", "Requests admitted and not finished.")
 TIME_TO_FIRST_TOKEN = Histogram(
     "af3_time_to_first_token_seconds",

@@ -9,7 +9,7 @@ from af3_serve.protocol import AudioPart, Message, TextPart, UserMessage
 @dataclass(frozen=True)
 class AudioRef:
     part: AudioPart
-    param: str  # where it sits in the request, for error messages
+    param: str  # where its data sits in the request, for error messages
 
 
 def _text(content: str | list[TextPart] | None) -> str:
@@ -32,7 +32,8 @@ def to_conversation(messages: list[Message]) -> tuple[list[dict[str, Any]], list
                     content.append({"type": "text", "text": part.text})
                 else:
                     content.append({"type": "audio"})
-                    audios.append(AudioRef(part, f"messages[{i}].content[{j}]"))
+                    field = "input_audio.data" if part.type == "input_audio" else "audio_url.url"
+                    audios.append(AudioRef(part, f"messages[{i}].content[{j}].{field}"))
             conversation.append({"role": role, "content": content})
         else:
             conversation.append({"role": role, "content": _text(message.content)})

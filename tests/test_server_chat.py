@@ -86,7 +86,11 @@ def test_each_audio_format(client, speech, fmt: str) -> None:
 def test_resampled_input(client, speech) -> None:
     audio_44k = librosa.resample(speech[: 16000 * 3], orig_sr=16000, target_sr=44100)
     reply = client.chat.completions.create(
-        model=MODEL, messages=[user(audio_44k.astype(np.float32))], max_tokens=2
+        model=MODEL,
+        max_tokens=2,
+        messages=[
+            {"role": "user", "content": [audio_part(audio_44k.astype(np.float32), "wav", 44100)]}
+        ],
     )
     assert reply.usage.prompt_tokens_details.audio_tokens == 75
 
