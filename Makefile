@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TINY ?= .cache/tiny-af3
 PORT ?= 8000
 
-.PHONY: install test serve lint bench-encoder
+.PHONY: install system-deps test serve lint bench-encoder
 
 install: $(VENV)/.installed
 
@@ -17,7 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
-test: install
+# The tests speak known text with espeak-ng (a Debian package).
+system-deps:
+	@command -v espeak-ng >/dev/null || { \
+		echo "installing espeak-ng (Debian package) for the tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng; }
+
+test: install system-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
@@ -25,12 +32,10 @@ $(TINY)/config.json: | install
 	@echo "building a RANDOM-WEIGHT tiny AF3 checkpoint in $(TINY) (answers are noise)"
 	$(VENV)/bin/af3-tiny-checkpoint $(TINY)
 
-# Until our own server lands, serving is vLLM's OpenAI server running our model plugin.
+# CPU, tiny random-weight checkpoint: for trying the API, not for answers.
 serve: $(TINY)/config.json
-	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} $(PY) -m vllm.entrypoints.openai.api_server \
-		--model $(TINY) --served-model-name audio-flamingo-3 --port $(PORT) \
-		--hf-overrides '{"architectures": ["AF3ServeForConditionalGeneration"]}' \
-		--max-model-len 16384 --max-num-batched-tokens 16384 --dtype float32 --enforce-eager
+	VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-2} $(VENV)/bin/af3-serve \
+		--model $(TINY) --port $(PORT) --dtype float32 --enforce-eager
 
 lint: install
 	$(PY) -m ruff check .

@@ -4,6 +4,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import vllm
 from fastapi import Depends, FastAPI, Request, Response
@@ -41,6 +42,12 @@ def create_app(config: ServerConfig, on_engine_dead: Callable[[], None]) -> Fast
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if (Path(config.model) / "AF3_TINY_CHECKPOINT.json").exists():
+            logger.warning(
+                "%s holds RANDOM weights from af3-tiny-checkpoint: answers are "
+                "noise; use it to try the API, not the model",
+                config.model,
+            )
         engine = start_engine(config)
         runtime = Runtime(config, engine)
         app.state.runtime = runtime
