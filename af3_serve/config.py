@@ -16,6 +16,7 @@ class EngineSettings:
     max_model_len: int = 32768
     max_num_batched_tokens: int = 16384
     max_num_seqs: int = 64
+    encoder_cache_tokens: int = 4 * 15000  # audio embeddings of four 10-min clips
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1
     dtype: str = "auto"
@@ -90,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--max-model-len", type=int, default=e.max_model_len)
     p.add_argument("--max-num-batched-tokens", type=int, default=e.max_num_batched_tokens)
     p.add_argument("--max-num-seqs", type=int, default=e.max_num_seqs)
+    p.add_argument(
+        "--encoder-cache-tokens",
+        type=int,
+        default=e.encoder_cache_tokens,
+        help="audio embeddings kept between prefill steps (15,000 per 10-min clip)",
+    )
     p.add_argument("--gpu-memory-utilization", type=float, default=e.gpu_memory_utilization)
     p.add_argument("--tensor-parallel-size", type=int, default=e.tensor_parallel_size)
     p.add_argument("--dtype", default=e.dtype)
@@ -118,6 +125,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
             max_model_len=a.max_model_len,
             max_num_batched_tokens=a.max_num_batched_tokens,
             max_num_seqs=a.max_num_seqs,
+            encoder_cache_tokens=a.encoder_cache_tokens,
             gpu_memory_utilization=a.gpu_memory_utilization,
             tensor_parallel_size=a.tensor_parallel_size,
             dtype=a.dtype,

@@ -28,6 +28,12 @@ def engine_args(config: ServerConfig) -> AsyncEngineArgs:
 
 
 def start_engine(config: ServerConfig) -> AsyncLLM:
-    return AsyncLLM.from_engine_args(
-        engine_args(config), usage_context=UsageContext.OPENAI_API_SERVER
+    usage = UsageContext.OPENAI_API_SERVER
+    vllm_config = engine_args(config).create_engine_config(usage)
+    # vLLM sizes the encoder cache to one batch of tokens (~one 10-min audio), so a second
+    # long audio cannot start its prefill until the first has finished; hold several.
+    scheduler = vllm_config.scheduler_config
+    scheduler.encoder_cache_size = max(
+        scheduler.encoder_cache_size, config.engine.encoder_cache_tokens
     )
+    return AsyncLLM.from_vllm_config(vllm_config, usage_context=usage, disable_log_stats=False)
