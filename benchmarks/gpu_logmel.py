@@ -71,14 +71,14 @@ def main() -> None:
             audio[j : j + spec.window_samples] for j in range(0, audio.size, spec.window_samples)
         ]
 
-        def hf() -> np.ndarray:
+        def hf(windows: list[np.ndarray] = windows) -> np.ndarray:
             return extractor(
                 windows, sampling_rate=16000, padding="max_length", return_tensors="np"
             )["input_features"]
 
         pcm = torch.from_numpy(audio)
 
-        def ours() -> torch.Tensor:
+        def ours(pcm: torch.Tensor = pcm) -> torch.Tensor:
             batch, _ = log_mel.split_windows([pcm.to(device)])
             return log_mel(batch)
 
