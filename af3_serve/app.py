@@ -21,6 +21,7 @@ from af3_serve.errors import install_error_handlers
 from af3_serve.limits import BodySizeLimit
 from af3_serve.protocol import ModelCard, ModelList
 from af3_serve.runtime import Runtime
+from af3_serve.speech import router as speech_router
 
 logger = logging.getLogger("af3_serve")
 
@@ -63,6 +64,7 @@ def create_app(config: ServerConfig, on_engine_dead: Callable[[], None]) -> Fast
     app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
     install_error_handlers(app)
     app.include_router(chat_router)
+    app.include_router(speech_router)
 
     @app.get("/v1/models", dependencies=[Depends(require_api_key)])
     async def models(request: Request) -> ModelList:

@@ -2,7 +2,7 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
@@ -15,6 +15,7 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from af3_serve import metrics
+from af3_serve.cancellation import engine_errors, until_disconnect
 from af3_serve.dependencies import get_runtime, require_api_key
 from af3_serve.errors import APIError
 from af3_serve.prompts import to_conversation
@@ -101,26 +102,6 @@ def _logprobs(output: CompletionOutput, top: int) -> ChoiceLogprobs | None:
     return ChoiceLogprobs(content=entries)
 
 
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it (and so aborting the engine request) if the client leaves."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        metrics.CLIENT_DISCONNECTS.labels("chat").inc()
-        raise APIError(499, "Client disconnected.")
-    return task.result()
-
-
 @router.post("/v1/chat/completions", dependencies=[Depends(require_api_key)], response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]
@@ -185,22 +166,11 @@ async def chat_completions(
         )
 
     try:
-        result = await _until_disconnect(request, _engine_errors(complete()))
+        result = await until_disconnect(request, engine_errors(complete()), "chat")
         metrics.REQUESTS.labels("chat", "200").inc()
         return result
     finally:
         runtime.release()
-
-
-async def _engine_errors(work: Awaitable[T]) -> T:
-    try:
-        return await work
-    except EngineDeadError as exc:
-        raise APIError(
-            503, "The engine stopped while serving this request.", code="engine_dead"
-        ) from exc
-    except (ValueError, VLLMValidationError) as exc:
-        raise APIError(400, str(exc), code="invalid_request") from exc
 
 
 def _sse(payload: str) -> str:
