@@ -15,11 +15,12 @@ from af3_model_executor import ARCHITECTURE
 from af3_serve import __version__
 from af3_serve.chat import router as chat_router
 from af3_serve.config import ServerConfig
-from af3_serve.dependencies import require_api_key
+from af3_serve.dependencies import require_api_key, require_api_key_if_protected
 from af3_serve.engine import start_engine
 from af3_serve.errors import install_error_handlers
-from af3_serve.limits import BodySizeLimit
+from af3_serve.limits import BodyLimits
 from af3_serve.protocol import ModelCard, ModelList
+from af3_serve.request_log import RequestLog
 from af3_serve.runtime import Runtime
 from af3_serve.speech import router as speech_router
 
@@ -61,7 +62,12 @@ def create_app(config: ServerConfig, on_engine_dead: Callable[[], None]) -> Fast
             engine.shutdown()
 
     app = FastAPI(title="af3-serve", version=__version__, lifespan=lifespan)
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_request_bytes)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=config.max_request_bytes,
+        read_timeout_s=config.request_read_timeout_s,
+    )
+    app.add_middleware(RequestLog)
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(speech_router)
@@ -83,7 +89,7 @@ def create_app(config: ServerConfig, on_engine_dead: Callable[[], None]) -> Fast
             return JSONResponse({"status": "engine_dead"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/version")
+    @app.get("/version", dependencies=[Depends(require_api_key_if_protected)])
     async def version_info() -> dict[str, str]:
         return {
             "af3_serve": __version__,
@@ -93,7 +99,7 @@ def create_app(config: ServerConfig, on_engine_dead: Callable[[], None]) -> Fast
             "model_class": ARCHITECTURE,
         }
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(require_api_key_if_protected)])
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

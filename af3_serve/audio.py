@@ -43,6 +43,17 @@ def decode_audio(data: bytes, limits: AudioLimits, param: str) -> np.ndarray:
         ) from exc
 
 
+def header_seconds(data: bytes) -> float | None:
+    """Duration from the file's header, without decoding; None if it gives none."""
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:
+        return None
+    if info.samplerate <= 0 or not 0 < info.frames < 2**62:
+        return None
+    return info.frames / info.samplerate
+
+
 def _too_long(seconds: float, limits: AudioLimits, param: str) -> APIError:
     return APIError(
         413,
@@ -77,6 +88,10 @@ def _read_limited(f: sf.SoundFile, limits: AudioLimits, param: str) -> np.ndarra
     if frames == 0:
         raise APIError(400, "The audio holds no samples.", param=param, code="invalid_audio")
     audio = np.concatenate(blocks)
+    if not np.isfinite(audio).all():
+        raise APIError(
+            400, "The audio holds NaN or infinite samples.", param=param, code="invalid_audio"
+        )
     if rate != TARGET_RATE:
         audio = librosa.resample(audio, orig_sr=rate, target_sr=TARGET_RATE, res_type="soxr_hq")
     return np.ascontiguousarray(audio, dtype=np.float32)

@@ -15,6 +15,7 @@ from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from af3_serve import metrics
+from af3_serve.admission import Ticket
 from af3_serve.cancellation import engine_errors, until_disconnect
 from af3_serve.dependencies import get_runtime, require_api_key
 from af3_serve.errors import APIError
@@ -112,14 +113,14 @@ async def chat_completions(
         raise APIError(400, "stream_options needs stream: true.", param="stream_options")
     conversation, refs = to_conversation(body.messages)
 
-    runtime.admit()
+    ticket = runtime.admit(request.state.client)
     try:
-        audios = await runtime.load_audios(refs)
+        audios = await runtime.load_audios(refs, ticket)
         engine_input = await runtime.render(conversation, audios)
         prompt_ids = engine_input["prompt_token_ids"]
         params = sampling_params(body, len(prompt_ids), runtime.max_model_len, body.stream)
     except BaseException:
-        runtime.release()
+        runtime.admission.release(ticket)
         raise
 
     audio_tokens = sum(1 for t in prompt_ids if t == runtime.audio_token_id)
@@ -136,7 +137,7 @@ async def chat_completions(
 
     if body.stream:
         return StreamingResponse(
-            _stream(runtime, body, engine_input, params, request_id, arrival, usage, top),
+            _stream(runtime, ticket, body, engine_input, params, request_id, arrival, usage, top),
             media_type="text/event-stream",
         )
 
@@ -170,7 +171,7 @@ async def chat_completions(
         metrics.REQUESTS.labels("chat", "200").inc()
         return result
     finally:
-        runtime.release()
+        runtime.admission.release(ticket)
 
 
 def _sse(payload: str) -> str:
@@ -179,6 +180,7 @@ def _sse(payload: str) -> str:
 
 async def _stream(
     runtime: Runtime,
+    ticket: Ticket,
     body: ChatCompletionRequest,
     engine_input: Any,
     params: SamplingParams,
@@ -231,5 +233,5 @@ async def _stream(
         error = APIError(503, "The engine stopped while serving this request.", code="engine_dead")
         yield _sse(error.body().model_dump_json())
     finally:
-        runtime.release()
+        runtime.admission.release(ticket)
     yield _sse("[DONE]")

@@ -38,6 +38,11 @@ class ServerConfig:
     allowed_media_domains: frozenset[str] = frozenset()
     allowed_local_media_path: Path | None = None
     max_pending_requests: int = 512
+    max_pending_requests_per_key: int = 128
+    max_queued_audio_seconds: float = 4 * 3600.0
+    allow_private_media_addresses: bool = False
+    protect_metrics: bool = False
+    request_read_timeout_s: float = 120.0
     audio_decode_workers: int = 4
     engine_death_grace_s: float = 5.0
     engine: EngineSettings = field(default_factory=EngineSettings)
@@ -81,6 +86,42 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         default=d.max_pending_requests,
         help="requests admitted at once; more get 503 with Retry-After",
     )
+    p.add_argument(
+        "--max-pending-requests-per-key",
+        type=int,
+        default=d.max_pending_requests_per_key,
+        help="requests one API key (or client address, without keys) may have "
+        "in flight; more get 429 with Retry-After",
+    )
+    p.add_argument(
+        "--max-queued-audio-seconds",
+        type=float,
+        default=d.max_queued_audio_seconds,
+        help="audio seconds admitted and not yet answered; more get 503",
+    )
+    p.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        help="file with one accepted key a line (blank lines and # comments skipped)",
+    )
+    p.add_argument(
+        "--allow-private-media-addresses",
+        action="store_true",
+        help="let allowlisted audio_url hosts resolve to private or loopback "
+        "addresses (internal deployments only; off by default against SSRF)",
+    )
+    p.add_argument(
+        "--protect-metrics",
+        action="store_true",
+        help="require an API key for /metrics (and /version)",
+    )
+    p.add_argument(
+        "--request-read-timeout-s",
+        type=float,
+        default=d.request_read_timeout_s,
+        help="a request body must arrive within this time (slow clients get 408)",
+    )
     p.add_argument("--audio-decode-workers", type=int, default=d.audio_decode_workers)
     p.add_argument(
         "--engine-death-grace-s",
@@ -105,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     a = p.parse_args(argv)
 
     keys = set(a.api_key)
+    if a.api_key_file is not None:
+        lines = a.api_key_file.read_text().splitlines()
+        keys.update(k.strip() for k in lines if k.strip() and not k.lstrip().startswith("#"))
     keys.update(k.strip() for k in os.environ.get("AF3_API_KEY", "").split(",") if k.strip())
     return ServerConfig(
         model=a.model,
@@ -119,6 +163,11 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         allowed_media_domains=frozenset(h.lower() for h in a.allowed_media_domains),
         allowed_local_media_path=a.allowed_local_media_path,
         max_pending_requests=a.max_pending_requests,
+        max_pending_requests_per_key=a.max_pending_requests_per_key,
+        max_queued_audio_seconds=a.max_queued_audio_seconds,
+        allow_private_media_addresses=a.allow_private_media_addresses,
+        protect_metrics=a.protect_metrics,
+        request_read_timeout_s=a.request_read_timeout_s,
         audio_decode_workers=a.audio_decode_workers,
         engine_death_grace_s=a.engine_death_grace_s,
         engine=EngineSettings(

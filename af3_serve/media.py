@@ -1,8 +1,11 @@
 """Where a request's audio comes from: inline base64, `data:` URLs, allowlisted
 http(s) hosts, or files under one allowed folder."""
 
+import asyncio
 import base64
 import binascii
+import ipaddress
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -18,6 +21,7 @@ class MediaPolicy:
     max_bytes: int
     allowed_domains: frozenset[str]
     allowed_local_path: Path | None
+    allow_private_addresses: bool = False
     fetch_timeout_s: float = 30.0
 
 
@@ -60,8 +64,41 @@ async def load_audio_bytes(part: AudioPart, policy: MediaPolicy, param: str) -> 
     )
 
 
+def forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback, private, link-local, shared, multicast, reserved, unspecified: anything
+    that is not a public unicast address (IPv4-mapped IPv6 judged as the IPv4 it maps)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
+async def _pinned_address(host: str, port: int, policy: MediaPolicy, param: str) -> str:
+    """Resolve once and connect to that address, so a second DNS answer (rebinding)
+    cannot steer the fetch to an address that was never checked."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise APIError(
+            400, f"Could not resolve '{host}'.", param=param, code="fetch_failed"
+        ) from exc
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not policy.allow_private_addresses and any(map(forbidden_address, addresses)):
+        raise APIError(
+            400,
+            f"'{host}' resolves to an address audio may not be fetched from.",
+            param=param,
+            code="address_not_allowed",
+        )
+    return str(addresses[0])
+
+
 async def _fetch_http(url: str, policy: MediaPolicy, param: str) -> bytes:
-    host = (urlparse(url).hostname or "").lower()
+    parts = urlparse(url)
+    host = (parts.hostname or "").lower()
+    if parts.username is not None or parts.password is not None:
+        raise APIError(
+            400, "Audio URLs may not carry credentials.", param=param, code="invalid_url"
+        )
     if host not in policy.allowed_domains:
         raise APIError(
             400,
@@ -69,15 +106,31 @@ async def _fetch_http(url: str, policy: MediaPolicy, param: str) -> bytes:
             param=param,
             code="domain_not_allowed",
         )
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise APIError(
+            400, "Invalid port in the audio URL.", param=param, code="invalid_url"
+        ) from exc
+    address = await _pinned_address(host, port, policy, param)
+    literal = f"[{address}]" if ":" in address else address
+    pinned_url = parts._replace(netloc=f"{literal}:{port}").geturl()
+    headers = {"Host": parts.netloc}
+    extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
     timeout = httpx.Timeout(policy.fetch_timeout_s)
     try:
         # No redirects: a redirect could lead anywhere, past the allowlist.
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            async with client.stream("GET", url) as response:
+            request = client.build_request(
+                "GET", pinned_url, headers=headers, extensions=extensions
+            )
+            response = await client.send(request, stream=True)
+            try:
                 if response.status_code != 200:
                     raise APIError(
                         400,
-                        f"Fetching the audio URL gave HTTP {response.status_code}.",
+                        f"Fetching the audio URL gave HTTP {response.status_code} "
+                        "(redirects are not followed).",
                         param=param,
                         code="fetch_failed",
                     )
@@ -88,6 +141,8 @@ async def _fetch_http(url: str, policy: MediaPolicy, param: str) -> bytes:
                         raise _too_big(policy, param)
                     chunks.append(chunk)
                 return b"".join(chunks)
+            finally:
+                await response.aclose()
     except httpx.HTTPError as exc:
         raise APIError(
             400, "Could not fetch the audio URL.", param=param, code="fetch_failed"

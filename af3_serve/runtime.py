@@ -15,7 +15,8 @@ from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from af3_serve import metrics
-from af3_serve.audio import TARGET_RATE, AudioLimits, decode_audio
+from af3_serve.admission import Admission, Ticket
+from af3_serve.audio import TARGET_RATE, AudioLimits, decode_audio, header_seconds
 from af3_serve.config import ServerConfig
 from af3_serve.errors import APIError
 from af3_serve.media import MediaPolicy, load_audio_bytes
@@ -34,11 +35,16 @@ class Runtime:
             max_bytes=config.max_request_bytes,
             allowed_domains=config.allowed_media_domains,
             allowed_local_path=config.allowed_local_media_path,
+            allow_private_addresses=config.allow_private_media_addresses,
         )
         self.limits = AudioLimits(config.max_audio_seconds, config.max_decoded_audio_bytes)
         # Decoding runs here, off the event loop; libsndfile and soxr release the GIL.
         self.decode_pool = ThreadPoolExecutor(config.audio_decode_workers, "af3-decode")
-        self.pending = 0
+        self.admission = Admission(
+            config.max_pending_requests,
+            config.max_pending_requests_per_key,
+            config.max_queued_audio_seconds,
+        )
         self.engine_dead = False
 
     def check_model(self, model: str) -> None:
@@ -47,27 +53,29 @@ class Runtime:
                 404, f"The model '{model}' does not exist.", param="model", code="model_not_found"
             )
 
-    def admit(self) -> None:
-        """Refuse before any work once too many requests are in; pair with `release`."""
+    def admit(self, client: str) -> Ticket:
         if self.engine_dead:
             metrics.REJECTED.labels("engine_dead").inc()
             raise APIError(503, "The engine is not running.", code="engine_dead")
-        if self.pending >= self.config.max_pending_requests:
-            metrics.REJECTED.labels("too_many_pending").inc()
-            raise APIError(
-                503,
-                "The server is at capacity; retry shortly.",
-                code="server_overloaded",
-                retry_after=1,
-            )
-        self.pending += 1
-        metrics.IN_FLIGHT.inc()
+        return self.admission.admit(client)
 
-    def release(self) -> None:
-        self.pending -= 1
-        metrics.IN_FLIGHT.dec()
+    async def decode(self, data: bytes, param: str, ticket: Ticket) -> np.ndarray:
+        """Reserve the audio's seconds from its header (refusing cheaply when the backlog
+        is full), decode off the event loop, then reserve whatever the header understated."""
+        claimed = min(header_seconds(data) or 0.0, self.config.max_audio_seconds)
+        self.admission.reserve_audio(ticket, claimed)
+        start = time.perf_counter()
+        audio = await asyncio.get_running_loop().run_in_executor(
+            self.decode_pool, decode_audio, data, self.limits, param
+        )
+        seconds = audio.size / TARGET_RATE
+        if seconds > claimed:
+            self.admission.reserve_audio(ticket, seconds - claimed)
+        metrics.AUDIO_DECODE_SECONDS.observe(time.perf_counter() - start)
+        metrics.AUDIO_SECONDS.inc(seconds)
+        return audio
 
-    async def load_audios(self, refs: list[AudioRef]) -> list[np.ndarray]:
+    async def load_audios(self, refs: list[AudioRef], ticket: Ticket) -> list[np.ndarray]:
         if len(refs) > self.config.max_audios_per_request:
             raise APIError(
                 400,
@@ -76,24 +84,11 @@ class Runtime:
                 param="messages",
                 code="too_many_audios",
             )
-        start = time.perf_counter()
-        loop = asyncio.get_running_loop()
         audios = []
         for ref in refs:
             data = await load_audio_bytes(ref.part, self.media, ref.param)
-            audio = await loop.run_in_executor(
-                self.decode_pool, decode_audio, data, self.limits, ref.param
-            )
-            audios.append(audio)
-        seconds = sum(a.size for a in audios) / TARGET_RATE
-        total_limit = self.config.max_audio_seconds
-        if seconds > total_limit * self.config.max_audios_per_request:
-            raise APIError(
-                413, "Too much audio in one request.", param="messages", code="audio_too_long"
-            )
-        metrics.AUDIO_DECODE_SECONDS.observe(time.perf_counter() - start)
-        metrics.AUDIO_SECONDS.inc(seconds)
-        metrics.REQUEST_AUDIO_SECONDS.observe(seconds)
+            audios.append(await self.decode(data, ref.param, ticket))
+        metrics.REQUEST_AUDIO_SECONDS.observe(sum(a.size for a in audios) / TARGET_RATE)
         return audios
 
     async def render(self, conversation: list[dict[str, Any]], audios: list[np.ndarray]) -> Any:

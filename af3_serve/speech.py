@@ -15,7 +15,8 @@ from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from af3_serve import metrics
-from af3_serve.audio import TARGET_RATE, decode_audio
+from af3_serve.admission import Ticket
+from af3_serve.audio import TARGET_RATE
 from af3_serve.cancellation import engine_errors, until_disconnect
 from af3_serve.dependencies import get_runtime, require_api_key
 from af3_serve.errors import APIError
@@ -87,14 +88,9 @@ async def _handle(
     if not 0.0 <= temperature <= 1.0:
         raise APIError(400, "temperature must be between 0 and 1.", param="temperature")
     text_instruction = instruction(task, language, prompt)
-    runtime.admit()
+    ticket = runtime.admit(request.state.client)
     try:
-        data = await file.read()
-        loop = asyncio.get_running_loop()
-        audio = await loop.run_in_executor(
-            runtime.decode_pool, decode_audio, data, runtime.limits, "file"
-        )
-        metrics.AUDIO_SECONDS.inc(audio.size / TARGET_RATE)
+        audio = await runtime.decode(await file.read(), "file", ticket)
         metrics.REQUEST_AUDIO_SECONDS.observe(audio.size / TARGET_RATE)
         conversation = [
             {
@@ -115,7 +111,7 @@ async def _handle(
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
         )
     except BaseException:
-        runtime.release()
+        runtime.admission.release(ticket)
         raise
 
     request_id = completion_id()
@@ -142,7 +138,7 @@ async def _handle(
 
     if stream:
         return StreamingResponse(
-            _stream(runtime, generators, usage, endpoint), media_type="text/event-stream"
+            _stream(runtime, ticket, generators, usage, endpoint), media_type="text/event-stream"
         )
 
     async def collect() -> list[Segment]:
@@ -167,7 +163,7 @@ async def _handle(
     try:
         segments = await until_disconnect(request, engine_errors(collect()), endpoint)
     finally:
-        runtime.release()
+        runtime.admission.release(ticket)
     metrics.REQUESTS.labels(endpoint, "200").inc()
     text = " ".join(s.text for s in segments if s.text)
     if response_format == "text":
@@ -202,7 +198,7 @@ async def _last(generator: AsyncIterator[Any]) -> Any:
 
 
 async def _stream(
-    runtime: Runtime, generators: list, usage: Any, endpoint: str
+    runtime: Runtime, ticket: Ticket, generators: list, usage: Any, endpoint: str
 ) -> AsyncIterator[str]:
     """Every window generates at once; deltas go out in window order, each window's
     wrapper phrasing removed on the fly."""
@@ -245,7 +241,7 @@ async def _stream(
     finally:
         for task in tasks:
             task.cancel()  # cancelling a pump aborts its engine request
-        runtime.release()
+        runtime.admission.release(ticket)
 
 
 def _delta(text: str, window_start: bool, after_previous: bool) -> str:
