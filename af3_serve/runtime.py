@@ -93,9 +93,18 @@ class Runtime:
 
     async def render(self, conversation: list[dict[str, Any]], audios: list[np.ndarray]) -> Any:
         """Prompt tokens with each `<sound>` expanded, run through our processor."""
-        prompt = self.tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True
-        )
+        try:
+            prompt = self.tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True
+            )
+            prompt.encode()
+        except UnicodeError as exc:  # e.g. a lone surrogate from a JSON \ud800 escape
+            raise APIError(
+                400,
+                "The messages hold text that is not valid Unicode.",
+                param="messages",
+                code="invalid_text",
+            ) from exc
         mm_data = {"audio": [(audio, TARGET_RATE) for audio in audios]} if audios else None
         request: dict[str, Any] = {"prompt": prompt}
         if mm_data:

@@ -132,6 +132,16 @@ def server(tiny_checkpoint: Path, media_dir: Path, tmp_path_factory) -> Iterator
         str(48 * 2**20),
         "--max-pending-requests",
         "2",
+        # Allowlisted, yet all of them resolve to addresses audio may never come from.
+        "--allowed-media-domains",
+        "127.0.0.1",
+        "localhost",
+        "::1",
+        "169.254.169.254",
+        "0x7f000001",
+        "2130706433",
+        "017700000001",
+        "::ffff:127.0.0.1",
     )
     yield process
     process.stop()

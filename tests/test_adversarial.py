@@ -1,0 +1,414 @@
+"""Hostile and broken input against a real af3-serve: every case gets the right status and
+an OpenAI-shaped error without internals, and the server stays healthy and correct."""
+
+import base64
+import io
+import re
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.audio_files import encode
+from tests.conftest import make_clip
+from tests.server import API_KEY
+
+MODEL = "audio-flamingo-3"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# Tracebacks, source paths, and heap addresses (64-bit pointers print with 12 hex digits).
+LEAK = re.compile(r"Traceback|File \"|0x[0-9a-fA-F]{10,}|/site-packages/")
+# The session server's API process: a ceiling on its peak RSS across the whole suite.
+PEAK_RSS_BOUND = 4 * 2**30
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def wav_bytes(samples: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def audio_body(data: bytes, fmt: str = "wav", **extra) -> dict:
+    part = {"type": "input_audio", "input_audio": {"data": b64(data), "format": fmt}}
+    return {
+        "model": MODEL,
+        "max_tokens": 2,
+        "messages": [{"role": "user", "content": [part]}],
+        **extra,
+    }
+
+
+def url_body(url: str) -> dict:
+    part = {"type": "audio_url", "audio_url": {"url": url}}
+    return {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": [part]}]}
+
+
+def forged_wav(rate: int = 16000, channels: int = 1, data_size: int = 32) -> bytes:
+    """A PCM WAV header that says what we like, followed by 32 bytes of samples."""
+    header = b"RIFF" + struct.pack("<I", 36 + data_size) + b"WAVEfmt "
+    header += struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16)
+    return header + b"data" + struct.pack("<I", data_size) + bytes(32)
+
+
+def long_opus(seconds: float) -> bytes:
+    """A low-bitrate Opus file: small on the wire, hours of PCM once decoded."""
+    buffer = io.BytesIO()
+    sf.write(
+        buffer, np.zeros(int(seconds * 16000), np.float32), 16000, format="OGG", subtype="OPUS"
+    )
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    statuses: tuple[int, ...]
+    send: Callable[[str, Path], httpx.Response]  # (server url, media folder) -> response
+
+
+def chat(body: dict | bytes | str, headers: dict | None = None) -> Callable:
+    def send(url: str, _: Path) -> httpx.Response:
+        h = {**AUTH, **(headers or {})}
+        target = f"{url}/v1/chat/completions"
+        if isinstance(body, dict):
+            return httpx.post(target, json=body, headers=h, timeout=120)
+        content = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else body
+        return httpx.post(
+            target, content=content, timeout=120, headers={**h, "content-type": "application/json"}
+        )
+
+    return send
+
+
+def speech(data: dict, file: bytes | None, headers: dict | None = None) -> Callable:
+    def send(url: str, _: Path) -> httpx.Response:
+        files = {"file": ("a.wav", file)} if file is not None else None
+        return httpx.post(
+            f"{url}/v1/audio/transcriptions",
+            data=data,
+            files=files,
+            headers={**AUTH, **(headers or {})},
+            timeout=120,
+        )
+
+    return send
+
+
+def local_file(name: str, make: Callable[[Path], str]) -> Callable:
+    def send(url: str, media: Path) -> httpx.Response:
+        return chat(url_body(make(media)))(url, media)
+
+    return send
+
+
+def _symlink_out(media: Path) -> str:
+    link = media / "escape.wav"
+    if not link.exists():
+        link.symlink_to("/etc/passwd")
+    return link.as_uri()
+
+
+SPEECH_OK = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32) * 0.3
+OK_WAV = wav_bytes(SPEECH_OK)
+GOOD = audio_body(OK_WAV)
+
+CASES = [
+    Case("malformed json", (400,), chat("{")),
+    Case("json array", (400,), chat("[]")),
+    Case("json null", (400,), chat("null")),
+    Case("empty body", (400,), chat(b"")),
+    Case("deeply nested json", (400,), chat("[" * 100000 + "]" * 100000)),
+    Case(
+        "lone surrogate in text",
+        (200, 400),
+        chat(
+            '{"model": "' + MODEL + '", "max_tokens": 2, '
+            '"messages": [{"role": "user", "content": "\\ud800"}]}'
+        ),
+    ),
+    Case("messages missing", (400,), chat({"model": MODEL})),
+    Case("messages empty", (400,), chat({"model": MODEL, "messages": []})),
+    Case("messages a string", (400,), chat({"model": MODEL, "messages": "hi"})),
+    Case(
+        "unknown role",
+        (400,),
+        chat({"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}),
+    ),
+    Case(
+        "content an int",
+        (400,),
+        chat({"model": MODEL, "messages": [{"role": "user", "content": 5}]}),
+    ),
+    Case(
+        "image part",
+        (400,),
+        chat(
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64,AAAA"},
+                            }
+                        ],
+                    }
+                ],
+            }
+        ),
+    ),
+    Case(
+        "audio without data",
+        (400,),
+        chat(
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_audio", "input_audio": {"format": "wav"}}],
+                    }
+                ],
+            }
+        ),
+    ),
+    Case(
+        "audio data an int",
+        (400,),
+        chat(
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "input_audio", "input_audio": {"data": 7, "format": "wav"}}
+                        ],
+                    }
+                ],
+            }
+        ),
+    ),
+    Case(
+        "invalid base64",
+        (400,),
+        chat(
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "input_audio", "input_audio": {"data": "!!!", "format": "wav"}}
+                        ],
+                    }
+                ],
+            }
+        ),
+    ),
+    Case("garbage bytes", (400,), chat(audio_body(bytes(range(256)) * 64))),
+    Case("truncated wav", (400,), chat(audio_body(OK_WAV[:30]))),
+    Case("truncated flac", (200, 400), chat(audio_body(encode(SPEECH_OK, "flac")[:2000], "flac"))),
+    Case("truncated mp3", (200, 400), chat(audio_body(encode(SPEECH_OK, "mp3")[:600], "mp3"))),
+    Case("truncated ogg", (200, 400), chat(audio_body(encode(SPEECH_OK, "ogg")[:500], "ogg"))),
+    Case("flac header only", (400,), chat(audio_body(encode(SPEECH_OK, "flac")[:42], "flac"))),
+    Case("zero samples", (400,), chat(audio_body(wav_bytes(np.zeros(0, np.float32))))),
+    Case(
+        "nan samples",
+        (400,),
+        chat(audio_body(wav_bytes(np.full(16000, np.nan, np.float32), subtype="FLOAT"))),
+    ),
+    Case(
+        "inf samples",
+        (400,),
+        chat(audio_body(wav_bytes(np.full(16000, np.inf, np.float32), subtype="FLOAT"))),
+    ),
+    Case("shorter than one token", (400,), chat(audio_body(wav_bytes(SPEECH_OK[:100])))),
+    Case("11-minute audio", (413,), chat(audio_body(wav_bytes(np.zeros(16000 * 660, np.float32))))),
+    Case(
+        "header claims a huge data chunk",
+        (200, 400),
+        chat(audio_body(forged_wav(data_size=0xFFFFFF00))),
+    ),
+    Case("header claims 655350 Hz", (400,), chat(audio_body(forged_wav(rate=655350)))),
+    Case("header claims 64 channels", (400,), chat(audio_body(forged_wav(channels=64)))),
+    Case("header claims 0 Hz", (400,), chat(audio_body(forged_wav(rate=0)))),
+    Case("hour of low-bitrate opus", (413,), chat(audio_body(long_opus(3600), "ogg"))),
+    Case(
+        "nine audios",
+        (400,),
+        chat(
+            {
+                "model": MODEL,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "input_audio",
+                                "input_audio": {"data": b64(OK_WAV), "format": "wav"},
+                            }
+                        ]
+                        * 9,
+                    }
+                ],
+            }
+        ),
+    ),
+    Case(
+        "ten megabytes of text",
+        (400,),
+        chat({"model": MODEL, "messages": [{"role": "user", "content": "word " * 2_000_000}]}),
+    ),
+    Case("temperature a string", (400,), chat({**GOOD, "temperature": "hot"})),
+    Case("negative max_tokens", (400,), chat({**GOOD, "max_tokens": -1})),
+    Case("zero max_tokens", (400,), chat({**GOOD, "max_tokens": 0})),
+    Case("n of 1000", (400,), chat({**GOOD, "n": 1000})),
+    Case("top_logprobs of 50", (400,), chat({**GOOD, "logprobs": True, "top_logprobs": 50})),
+    Case("tools", (400,), chat({**GOOD, "tools": [{"type": "function"}]})),
+    Case("response_format", (400,), chat({**GOOD, "response_format": {"type": "json_object"}})),
+    Case("stream_options without stream", (400,), chat({**GOOD, "stream_options": {}})),
+    Case("unknown model", (404,), chat({**GOOD, "model": "gpt-4o"})),
+    Case("missing model", (400,), chat({k: v for k, v in GOOD.items() if k != "model"})),
+    Case("ssrf loopback", (400,), chat(url_body("http://127.0.0.1:9/a.wav"))),
+    Case("ssrf localhost", (400,), chat(url_body("http://localhost:9/a.wav"))),
+    Case("ssrf ipv6 loopback", (400,), chat(url_body("http://[::1]:9/a.wav"))),
+    Case("ssrf cloud metadata", (400,), chat(url_body("http://169.254.169.254/latest/meta-data"))),
+    Case("ssrf hex address", (400,), chat(url_body("http://0x7f000001:9/a.wav"))),
+    Case("ssrf decimal address", (400,), chat(url_body("http://2130706433:9/a.wav"))),
+    Case("ssrf octal address", (400,), chat(url_body("http://017700000001:9/a.wav"))),
+    Case("ssrf ipv4-mapped ipv6", (400,), chat(url_body("http://[::ffff:127.0.0.1]:9/a.wav"))),
+    Case("ssrf https loopback", (400,), chat(url_body("https://127.0.0.1:9/a.wav"))),
+    Case("host not allowlisted", (400,), chat(url_body("http://example.com/a.wav"))),
+    Case("credentials in url", (400,), chat(url_body("http://user:pw@127.0.0.1:9/a.wav"))),
+    Case("gopher url", (400,), chat(url_body("gopher://127.0.0.1:70/_x"))),
+    Case("data url not base64", (400,), chat(url_body("data:audio/wav,RIFF"))),
+    Case("file outside the folder", (400,), chat(url_body("file:///etc/passwd"))),
+    Case(
+        "file path traversal",
+        (400,),
+        local_file(
+            "traversal",
+            lambda m: (
+                (m / ".." / ".." / "etc" / "passwd").as_uri().replace(str(m.resolve()), str(m))
+            ),
+        ),
+    ),
+    Case("file symlink escaping", (400,), local_file("symlink", _symlink_out)),
+    Case("body over the limit", (413,), chat({**GOOD, "user": "x" * (48 * 2**20)})),
+    Case("wrong api key", (401,), chat(GOOD, {"Authorization": "Bearer wrong"})),
+    Case("missing api key", (401,), chat(GOOD, {"Authorization": ""})),
+    Case("basic auth scheme", (401,), chat(GOOD, {"Authorization": f"Basic {API_KEY}"})),
+    Case("speech without file", (400,), speech({"model": MODEL}, None)),
+    Case("speech empty file", (400,), speech({"model": MODEL}, b"")),
+    Case("speech garbage file", (400,), speech({"model": MODEL}, b"\x00\x01" * 5000)),
+    Case(
+        "speech 11-minute file",
+        (413,),
+        speech({"model": MODEL}, wav_bytes(np.zeros(16000 * 660, np.float32))),
+    ),
+    Case(
+        "speech bad response_format",
+        (400,),
+        speech({"model": MODEL, "response_format": "docx"}, OK_WAV),
+    ),
+    Case("speech bad language", (400,), speech({"model": MODEL, "language": "xx"}, OK_WAV)),
+    Case("speech temperature 5", (400,), speech({"model": MODEL, "temperature": "5"}, OK_WAV)),
+    Case("speech unknown model", (404,), speech({"model": "whisper-1"}, OK_WAV)),
+    Case("speech without model", (400,), speech({}, OK_WAV)),
+    Case(
+        "speech wrong api key",
+        (401,),
+        speech({"model": MODEL}, OK_WAV, {"Authorization": "Bearer nope"}),
+    ),
+]
+
+
+def assert_clean_error(response: httpx.Response) -> None:
+    assert not LEAK.search(response.text), response.text[:500]
+    if response.status_code >= 400:
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_input(server, media_dir: Path, case: Case) -> None:
+    response = case.send(server.url, media_dir)
+    assert response.status_code in case.statuses, response.text[:300]
+    assert_clean_error(response)
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_suite_has_fifty_cases() -> None:
+    assert len({c.name for c in CASES}) >= 50
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "model",
+                "messages",
+                "max_tokens",
+                "temperature",
+                "n",
+                "stop",
+                "stream",
+                "seed",
+                "top_p",
+                "logprobs",
+                "top_logprobs",
+                "user",
+                "x",
+            ]
+        ),
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(max_size=20),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=6,
+    )
+)
+def test_fuzzed_request_bodies_never_break_the_server(server, body: dict) -> None:
+    response = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+    assert response.status_code < 500, response.text[:300]
+    assert_clean_error(response)
+
+
+def test_server_is_still_correct_and_memory_stayed_bounded(server, speech) -> None:
+    clip = make_clip(speech, 30.0)
+    body = audio_body(encode(clip), max_tokens=4, temperature=0)
+    first = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+    again = httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+    assert first.status_code == again.status_code == 200
+    assert first.json()["choices"][0]["message"] == again.json()["choices"][0]["message"]
+    assert first.json()["usage"]["prompt_tokens_details"]["audio_tokens"] == 750
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    peak_kib = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+    print(
+        f"af3-serve API process peak RSS: {peak_kib / 2**20:.2f} GiB; "
+        f"now {psutil.Process(server.process.pid).memory_info().rss / 2**30:.2f} GiB"
+    )
+    assert peak_kib * 1024 < PEAK_RSS_BOUND
