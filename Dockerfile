@@ -6,13 +6,15 @@
 # The laptop variant (CPU, tiny random-weight checkpoint) is Dockerfile.cpu.
 FROM vllm/vllm-openai:v0.32.0
 
-# The image's Python is system-wide and managed by uv; vLLM's docs extend it this way.
+# vLLM lives in the image's system Python, installed there with uv; vLLM's docs extend the
+# image the same way. --break-system-packages: should that Python come from the distribution
+# (as on Ubuntu 24.04), its PEP 668 marker would refuse the install.
 WORKDIR /opt/af3-serve
 COPY pyproject.toml README.md ./
 COPY af3_serve af3_serve
 COPY model_executor model_executor
 COPY benchmarks benchmarks
-RUN uv pip install --system --no-cache ".[gpu]" \
+RUN uv pip install --system --break-system-packages --no-cache ".[gpu]" \
     && python3 -c "import af3_serve.cli, af3_model_executor"
 
 # A fixed high UID: no clash with a base image's own users (Ubuntu 24.04 has 1000).

@@ -18,11 +18,22 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The tests speak known text with espeak-ng (a Debian package).
+# tests/test_deploy.py parses the compose files with Docker's compose plugin or, without
+# it, Debian's docker-compose (no Docker engine needed), and checks the Prometheus files
+# with promtool (Debian's prometheus package).
 system-deps:
 	@command -v espeak-ng >/dev/null || { \
 		echo "installing espeak-ng (Debian package) for the tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq espeak-ng; }
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || { \
+		echo "installing docker-compose (Debian package) for the deployment checks"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq docker-compose; }
+	@command -v promtool >/dev/null || { \
+		echo "installing prometheus (Debian package, for promtool) for the deployment checks"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
 
 test: install system-deps
 	$(PY) -m ruff check .

@@ -168,7 +168,6 @@ async def chat_completions(
 
     try:
         result = await until_disconnect(request, engine_errors(complete()), "chat")
-        metrics.REQUESTS.labels("chat", "200").inc()
         return result
     finally:
         runtime.admission.release(ticket)
@@ -225,7 +224,6 @@ async def _stream(
                     )
         if body.stream_options and body.stream_options.include_usage:
             yield chunk([], usage(completion_tokens))
-        metrics.REQUESTS.labels("chat_stream", "200").inc()
     except (asyncio.CancelledError, GeneratorExit):
         metrics.CLIENT_DISCONNECTS.labels("chat_stream").inc()
         raise

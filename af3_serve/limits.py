@@ -10,25 +10,25 @@ from af3_serve import metrics
 from af3_serve.errors import APIError
 
 
-class _Refused(Exception):
-    def __init__(self, error: APIError, reason: str) -> None:
-        self.error = error
-        self.reason = reason
-
-
 class BodyLimits:
     def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
 
-    def _too_large(self) -> _Refused:
-        error = APIError(
+    def _too_large(self) -> APIError:
+        return APIError(
             413,
             f"The request body is larger than {self.max_bytes} bytes.",
             code="request_too_large",
         )
-        return _Refused(error, "body_too_large")
+
+    def _too_slow(self) -> APIError:
+        return APIError(
+            408,
+            f"The request body did not arrive within {self.read_timeout_s:g} s.",
+            code="request_timeout",
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,37 +36,41 @@ class BodyLimits:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            refused = self._too_large()
-            metrics.REJECTED.labels(refused.reason).inc()
-            await refused.error.response()(scope, receive, send)
+            metrics.REJECTED.labels("body_too_large").inc()
+            await self._too_large().response()(scope, receive, send)
             return
 
         received = 0
         body_done = False
+        refused: APIError | None = None
         deadline = time.monotonic() + self.read_timeout_s
 
+        async def guarded_send(message: Message) -> None:
+            if refused is None:  # once we have answered, the app's own answer is dropped
+                await send(message)
+
         async def guarded_receive() -> Message:
-            nonlocal received, body_done
+            """Answers 413/408 itself the moment a limit is passed, then tells the app the
+            client is gone, so the app stops reading whatever it was doing."""
+            nonlocal received, body_done, refused
+            if refused is not None:
+                return {"type": "http.disconnect"}
             if body_done:  # later receives only wait for a disconnect: no deadline
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), deadline - time.monotonic())
             except TimeoutError:
-                error = APIError(
-                    408,
-                    f"The request body did not arrive within {self.read_timeout_s:g} s.",
-                    code="request_timeout",
-                )
-                raise _Refused(error, "body_read_timeout") from None
-            if message["type"] == "http.request":
+                refused, reason = self._too_slow(), "body_read_timeout"
+            else:
+                if message["type"] != "http.request":
+                    return message
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
-                if received > self.max_bytes:
-                    raise self._too_large()
-            return message
+                if received <= self.max_bytes:
+                    return message
+                refused, reason = self._too_large(), "body_too_large"
+            metrics.REJECTED.labels(reason).inc()
+            await refused.response()(scope, receive, send)
+            return {"type": "http.disconnect"}
 
-        try:
-            await self.app(scope, guarded_receive, send)
-        except _Refused as refused:
-            metrics.REJECTED.labels(refused.reason).inc()
-            await refused.error.response()(scope, receive, send)
+        await self.app(scope, guarded_receive, guarded_send)

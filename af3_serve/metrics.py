@@ -13,7 +13,22 @@ REQUEST_AUDIO_SECONDS = Histogram(
     "Total audio duration of one request.",
     buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400),
 )
-REQUESTS = Counter("af3_requests_total", "Finished API requests.", ["endpoint", "status"])
+REQUESTS = Counter(
+    "af3_requests_total", "Answered HTTP requests, by path and status.", ["endpoint", "status"]
+)
+# Paths counted under their own name; anything else is "other", so scans of random URLs
+# cannot blow up the label set.
+KNOWN_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/audio/transcriptions",
+        "/v1/audio/translations",
+        "/v1/models",
+        "/health",
+        "/version",
+        "/metrics",
+    }
+)
 REJECTED = Counter("af3_requests_rejected_total", "Requests refused, by reason.", ["reason"])
 CLIENT_DISCONNECTS = Counter(
     "af3_client_disconnects_total",

@@ -7,6 +7,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from af3_serve import metrics
+
 logger = logging.getLogger("af3_serve.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -41,6 +43,8 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            path = scope["path"] if scope["path"] in metrics.KNOWN_PATHS else "other"
+            metrics.REQUESTS.labels(path, str(status)).inc()
             logger.info(
                 "%s %s %s %.3fs id=%s",
                 scope["method"],

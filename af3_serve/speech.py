@@ -164,7 +164,6 @@ async def _handle(
         segments = await until_disconnect(request, engine_errors(collect()), endpoint)
     finally:
         runtime.admission.release(ticket)
-    metrics.REQUESTS.labels(endpoint, "200").inc()
     text = " ".join(s.text for s in segments if s.text)
     if response_format == "text":
         return PlainTextResponse(text + "\n")
@@ -234,7 +233,6 @@ async def _stream(
                 "usage": usage(output_tokens),
             }
         )
-        metrics.REQUESTS.labels(endpoint + "_stream", "200").inc()
     except (asyncio.CancelledError, GeneratorExit):
         metrics.CLIENT_DISCONNECTS.labels(endpoint + "_stream").inc()
         raise

@@ -160,7 +160,7 @@ def main() -> None:
     summary_path = args.out_dir / "summary.json"
     summary = json.loads(summary_path.read_text())
     completed = {
-        name: summary[key]["completed"]
+        name: sum(step[key]["completed"] for step in summary["steps"])
         for name, key in (("ours", "primary"), ("upstream", "compare"))
     }
     cpu = {

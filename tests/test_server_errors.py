@@ -123,7 +123,7 @@ def test_file_url_outside_the_allowed_folder(server, tmp_path, second) -> None:
 
 
 def test_http_url_not_allowlisted(server) -> None:
-    part = {"type": "audio_url", "audio_url": {"url": "http://127.0.0.1:1/a.wav"}}
+    part = {"type": "audio_url", "audio_url": {"url": "http://example.com/a.wav"}}
     error = assert_error(post(server, request([part])), 400)
     assert error["code"] == "domain_not_allowed"
 
