@@ -30,7 +30,7 @@ logger = logging.getLogger("af3_serve")
 async def _watch_engine(runtime: Runtime, on_engine_dead: Callable[[], None]) -> None:
     while not runtime.engine.errored:
         await asyncio.sleep(0.5)
-    runtime.engine_dead = True
+    runtime.mark_engine_dead()
     grace = runtime.config.engine_death_grace_s
     logger.error("the vLLM engine died; /health answers 503, exiting in %.0f s", grace)
     # A short window in which probes and load balancers see 503 and in-flight requests

@@ -2,6 +2,7 @@
 audio-decoding pool and the admission counters."""
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.outputs import RequestOutput
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from af3_serve import metrics
 from af3_serve.admission import Admission, Ticket
@@ -46,6 +48,7 @@ class Runtime:
             config.max_queued_audio_seconds,
         )
         self.engine_dead = False
+        self._engine_dead_event = asyncio.Event()
 
     def check_model(self, model: str) -> None:
         if model not in {self.config.served_model_name, self.config.model}:
@@ -123,7 +126,34 @@ class Runtime:
             )
         return engine_input
 
-    def generate(
+    def mark_engine_dead(self) -> None:
+        self.engine_dead = True
+        self._engine_dead_event.set()
+
+    async def generate(
         self, engine_input: Any, params: SamplingParams, request_id: str
     ) -> AsyncIterator[RequestOutput]:
-        return self.engine.generate(engine_input, params, request_id)
+        """The engine's outputs, ended with EngineDeadError once the engine is found dead:
+        a request added while the engine was dying would otherwise wait forever."""
+        outputs = self.engine.generate(engine_input, params, request_id)
+        dead = asyncio.ensure_future(self._engine_dead_event.wait())
+        step: asyncio.Future | None = None
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(outputs))
+                await asyncio.wait({step, dead}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    raise EngineDeadError()
+                try:
+                    output = step.result()
+                except StopAsyncIteration:
+                    return
+                yield output
+        finally:
+            dead.cancel()
+            if step is not None and not step.done():
+                # Cancelling the pending step is what makes vLLM abort the request.
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, EngineDeadError):
+                    await step
+            await outputs.aclose()

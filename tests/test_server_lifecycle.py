@@ -153,12 +153,25 @@ def test_sigterm_drains_in_flight_requests(own_server, speech) -> None:
     assert "Application shutdown complete" in own_server.log_text()
 
 
-def test_engine_death_turns_health_503_and_exits_non_zero(own_server) -> None:
+def test_engine_death_turns_health_503_and_exits_non_zero(own_server, speech) -> None:
     children = psutil.Process(own_server.process.pid).children(recursive=True)
     engines = [p for p in children if "EngineCore" in " ".join(p.cmdline()) + p.name()]
     assert engines, [(p.name(), p.cmdline()) for p in children]
-    for engine in engines:
-        engine.kill()
+    with httpx.Client(timeout=120) as client:
+        body = long_request(make_clip(speech, 20.0), True, 30000)
+        with client.stream(
+            "POST", f"{own_server.url}/v1/chat/completions", headers=AUTH, json=body
+        ) as in_flight:
+            lines = in_flight.iter_lines()
+            next(lines)  # admitted and generating
+            for engine in engines:
+                engine.kill()
+            tail = [line for line in lines if line]
+    # The in-flight request ends with an OpenAI-shaped 503 error event, then [DONE].
+    assert tail[-1] == "data: [DONE]"
+    assert '"code":"engine_dead"' in tail[-2].replace(" ", "")
     assert wait_for(lambda: httpx.get(f"{own_server.url}/health").status_code == 503, 30)
+    refused = httpx.post(f"{own_server.url}/v1/chat/completions", headers=AUTH, json=body)
+    assert refused.status_code == 503
     assert own_server.process.wait(timeout=120) != 0
     assert "engine died" in own_server.log_text()
