@@ -41,6 +41,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def af3_serve_command(checkpoint: Path, port: int, *extra: str) -> list[str]:
+    """af3-serve on loopback, from this Python (so from this virtual environment)."""
+    return [
+        sys.executable,
+        "-m",
+        "af3_serve.cli",
+        "--model",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
+
+
 def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -94,20 +110,7 @@ def main() -> None:
     ours_port, upstream_port = free_port(), free_port()
     ours_log, upstream_log = args.out_dir / "ours.log", args.out_dir / "upstream.log"
     ours = start(
-        [
-            sys.executable,
-            "-m",
-            "af3_serve.cli",
-            "--model",
-            str(checkpoint),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ours_port),
-            "--served-model-name",
-            MODEL,
-            *ENGINE,
-        ],
+        af3_serve_command(checkpoint, ours_port, "--served-model-name", MODEL, *ENGINE),
         env,
         ours_log,
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 
 from af3_model_executor.tiny_checkpoint import build_checkpoint
-from benchmarks.compare_servers import free_port, start, wait_healthy
+from benchmarks.compare_servers import af3_serve_command, free_port, start, wait_healthy
 from benchmarks.workload import AudioSource, encode
 
 MODEL = "audio-flamingo-3"
@@ -66,16 +66,9 @@ def main() -> None:
     budget = args.audios * 15040  # prompt tokens of a 600-s clip with its chat template
     port = free_port()
     log = args.out.with_suffix(".log")
-    command = [
-        sys.executable,
-        "-m",
-        "af3_serve.cli",
-        "--model",
-        str(checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+    command = af3_serve_command(
+        checkpoint,
+        port,
         "--dtype",
         "float32",
         "--enforce-eager",
@@ -85,7 +78,7 @@ def main() -> None:
         str(budget),
         "--encoder-cache-tokens",
         str(args.audios * 15000),
-    ]
+    )
     server = start(command, {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4"}, log)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,14 +1,14 @@
 """Start a real `af3-serve` process on a free port and wait until it is healthy."""
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from benchmarks.compare_servers import af3_serve_command, free_port
 
 API_KEY = "test-key-123"
 
@@ -33,24 +33,11 @@ class ServerProcess:
         return self.process.returncode
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(checkpoint: Path, log: Path, *extra: str) -> ServerProcess:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "af3_serve.cli",
-        "--model",
-        str(checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
+    command = af3_serve_command(
+        checkpoint,
+        port,
         "--api-key",
         API_KEY,
         "--dtype",
@@ -61,7 +48,7 @@ def start_server(checkpoint: Path, log: Path, *extra: str) -> ServerProcess:
         "--max-num-batched-tokens",
         "16384",
         *extra,
-    ]
+    )
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
