@@ -149,7 +149,9 @@ class LogMel(torch.nn.Module):
             window=self.window,
             return_complex=True,
         )
-        power = (stft[..., :-1].abs() ** 2).contiguous()
+        frames = stft[..., :-1]  # Whisper drops the last frame
+        # re^2 + im^2 rather than |z|^2: no square root, twice as fast on a CPU core.
+        power = frames.real.square() + frames.imag.square()
         log_spec = torch.clamp(self.mel_filters @ power, min=1e-10).log10()
         peak = log_spec.amax(dim=(1, 2), keepdim=True)
         log_spec = torch.maximum(log_spec, peak - 8.0)
