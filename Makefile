@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml
 # tests/test_deploy.py parses the compose files with Docker's compose plugin or, without
 # it, Debian's docker-compose (no Docker engine needed), and checks the Prometheus files
 # with promtool (Debian's prometheus package).
+# tests/test_demo_page.py drives the demo page in Debian's chromium (through Playwright's
+# Python package, without its own browser downloads).
 system-deps:
 	@command -v espeak-ng >/dev/null || { \
 		echo "installing espeak-ng (Debian package) for the tests"; \
@@ -34,6 +36,10 @@ system-deps:
 		echo "installing prometheus (Debian package, for promtool) for the deployment checks"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	@test -x /usr/bin/chromium || { \
+		echo "installing chromium (Debian package) for the demo-page test"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
 test: install system-deps
 	$(PY) -m ruff check .

@@ -15,6 +15,7 @@ from af3_model_executor import ARCHITECTURE
 from af3_serve import __version__
 from af3_serve.chat import router as chat_router
 from af3_serve.config import ServerConfig
+from af3_serve.demo import mount_demo_page
 from af3_serve.dependencies import require_api_key, require_api_key_if_protected
 from af3_serve.engine import start_engine
 from af3_serve.errors import install_error_handlers
@@ -103,4 +104,6 @@ def create_app(config: ServerConfig, on_engine_dead: Callable[[], None]) -> Fast
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    if config.demo_page:
+        mount_demo_page(app)
     return app

@@ -45,6 +45,7 @@ class ServerConfig:
     request_read_timeout_s: float = 120.0
     audio_decode_workers: int = 4
     engine_death_grace_s: float = 5.0
+    demo_page: bool = True
     engine: EngineSettings = field(default_factory=EngineSettings)
 
 
@@ -129,6 +130,12 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         default=d.engine_death_grace_s,
         help="seconds of /health 503 before exiting when the engine dies",
     )
+    p.add_argument(
+        "--no-demo-page",
+        dest="demo_page",
+        action="store_false",
+        help="do not serve the browser demo page at /",
+    )
     p.add_argument("--max-model-len", type=int, default=e.max_model_len)
     p.add_argument("--max-num-batched-tokens", type=int, default=e.max_num_batched_tokens)
     p.add_argument("--max-num-seqs", type=int, default=e.max_num_seqs)
@@ -170,6 +177,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
         request_read_timeout_s=a.request_read_timeout_s,
         audio_decode_workers=a.audio_decode_workers,
         engine_death_grace_s=a.engine_death_grace_s,
+        demo_page=a.demo_page,
         engine=EngineSettings(
             max_model_len=a.max_model_len,
             max_num_batched_tokens=a.max_num_batched_tokens,

@@ -1,0 +1,53 @@
+"""What af3-infer and af3-eval share: AF3's thinking suffix, audio parts, common flags."""
+
+import argparse
+import base64
+import os
+from pathlib import Path
+
+# AF3's release turns its thinking mode on with this sentence at the end of the question.
+THINK_SUFFIX = "Please think and reason about the input audio before you respond."
+SERVED_MODEL_NAME = "audio-flamingo-3"  # af3-serve's default --served-model-name
+
+
+def question(text: str, think: bool) -> str:
+    text = text.strip()
+    if think and not text.endswith(THINK_SUFFIX):
+        return f"{text} {THINK_SUFFIX}"
+    return text
+
+
+def audio_part(path: Path) -> dict:
+    """An OpenAI `input_audio` part; the server sniffs the real format from the bytes."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    fmt = path.suffix.lstrip(".").lower() or "wav"
+    return {"type": "input_audio", "input_audio": {"data": data, "format": fmt}}
+
+
+def base_url(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else f"{url}/v1"
+
+
+def add_api_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-key", default=None, help="bearer key (default: first of AF3_API_KEY)")
+
+
+def api_key(given: str | None) -> str:
+    # The openai client refuses an empty key; servers without keys ignore whatever is sent.
+    env = os.environ.get("AF3_API_KEY", "").split(",")[0].strip()
+    return given or env or "none"
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--think", action="store_true", help=f'append "{THINK_SUFFIX}"')
+
+
+def sampling_body(args: argparse.Namespace) -> dict:
+    """Chat-completions parameters from the sampling flags."""
+    body = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
+    return body if args.seed is None else {**body, "seed": args.seed}

@@ -1,0 +1,226 @@
+"""`af3-eval`: an AF3-format dataset against a running af3-serve, many questions at once.
+
+AF3's evaluation asks one question at a time; the engine batches whatever is in flight,
+so this keeps `--concurrency` requests open. Answers are appended to `--predictions` as
+they arrive: a run that stops (killed, network, --limit) resumes where it was.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+import openai
+import soundfile as sf
+from tqdm import tqdm
+
+from af3_serve.tools.common import (
+    SERVED_MODEL_NAME,
+    add_api_key_arg,
+    add_sampling_args,
+    api_key,
+    audio_part,
+    base_url,
+    question,
+    sampling_body,
+)
+from af3_serve.tools.scoring import Scores, score
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    question: str  # the human turn without its <sound> marker
+    reference: str | None  # the first gpt turn, if any
+    sounds: tuple[Path, ...]
+    duration: float | None  # the dataset's own figure, used when a header says nothing
+
+
+def load_dataset(path: Path) -> list[Item]:
+    """AF3's format: [{"id", "sound", "duration", "conversations": [{"from", "value"}]}]."""
+    items = []
+    for entry in json.loads(path.read_text()):
+        turns = entry["conversations"]
+        human = next(i for i, t in enumerate(turns) if t["from"] == "human")
+        reference = next((t["value"] for t in turns[human + 1 :] if t["from"] == "gpt"), None)
+        sounds = entry["sound"] if isinstance(entry["sound"], list) else [entry["sound"]]
+        items.append(
+            Item(
+                id=str(entry["id"]),
+                question=turns[human]["value"].replace("<sound>", "").strip(),
+                reference=reference,
+                # Relative paths are relative to the dataset file, wherever we run from.
+                sounds=tuple(path.parent / s for s in sounds),
+                duration=entry.get("duration"),
+            )
+        )
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: ids repeat; resuming needs one answer per id")
+    return items
+
+
+def load_predictions(path: Path) -> list[dict]:
+    """Earlier answers; a last line cut off by a kill mid-write is dropped (and rerun)."""
+    if not path.exists():
+        return []
+    *lines, tail = path.read_text().split("\n")
+    if tail:
+        path.write_text("".join(line + "\n" for line in lines))
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def audio_seconds(item: Item) -> float | None:
+    try:
+        return sum(sf.info(str(p)).duration for p in item.sounds)
+    except sf.LibsndfileError:
+        return item.duration
+
+
+def request_content(item: Item, think: bool) -> list[dict]:
+    parts = [audio_part(p) for p in item.sounds]
+    return [*parts, {"type": "text", "text": question(item.question, think)}]
+
+
+@dataclass(frozen=True)
+class Throughput:
+    answered: int
+    failed: int
+    seconds: float
+    questions_per_s: float
+    audio_hours_per_hour: float  # audio seconds answered per wall-clock second
+    mean_latency_s: float | None
+
+
+async def run(items: list[Item], args: argparse.Namespace, out: Path, progress: tqdm) -> Throughput:
+    client = openai.AsyncOpenAI(
+        base_url=base_url(args.url),
+        api_key=api_key(args.api_key),
+        # A busy server answers 503/429 with Retry-After; the client waits and retries.
+        max_retries=8,
+        timeout=args.timeout,
+    )
+    todo = iter(items)
+    answered = failed = 0
+    audio_total = latency_total = 0.0
+    start = time.perf_counter()
+
+    async def worker(sink: TextIO) -> None:
+        nonlocal answered, failed, audio_total, latency_total
+        for item in todo:  # one shared iterator: each item goes to one worker
+            try:
+                content = await asyncio.to_thread(request_content, item, args.think)
+                sent = time.perf_counter()
+                reply = await client.chat.completions.create(
+                    model=args.model,
+                    messages=[{"role": "user", "content": content}],
+                    **sampling_body(args),
+                )
+            except (openai.AuthenticationError, openai.NotFoundError):
+                raise  # a wrong key, model or URL fails every item alike: stop
+            except (openai.APIError, OSError) as exc:
+                failed += 1
+                progress.write(f"{item.id}: {exc}", file=sys.stderr)
+                continue
+            latency = time.perf_counter() - sent
+            seconds = await asyncio.to_thread(audio_seconds, item)
+            record = {
+                "id": item.id,
+                "question": item.question,
+                "answer": reply.choices[0].message.content or "",
+                "reference": item.reference,
+                "audio_seconds": seconds,
+                "latency_s": round(latency, 3),
+            }
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()  # answered is answered, even if we are killed next
+            answered += 1
+            audio_total += seconds or 0.0
+            latency_total += latency
+            progress.update()
+
+    with out.open("a") as sink:
+        await asyncio.gather(*(worker(sink) for _ in range(args.concurrency)))
+    await client.close()
+    elapsed = time.perf_counter() - start
+    return Throughput(
+        answered=answered,
+        failed=failed,
+        seconds=round(elapsed, 3),
+        questions_per_s=answered / elapsed,
+        audio_hours_per_hour=audio_total / elapsed,
+        mean_latency_s=latency_total / answered if answered else None,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="af3-eval", description="Run and score an AF3-format dataset on af3-serve."
+    )
+    p.add_argument("dataset", type=Path, help="JSON list of {id, sound, conversations}")
+    p.add_argument("--url", required=True, help="the af3-serve, e.g. http://host:8000")
+    add_api_key_arg(p)
+    p.add_argument("--model", default=SERVED_MODEL_NAME, help="served model name")
+    p.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        help="JSONL of answers, appended; ids in it are skipped (default: next to DATASET)",
+    )
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    p.add_argument("--limit", type=int, default=None, help="answer at most this many now")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
+    p.add_argument("--report", type=Path, default=None, help="also write the report as JSON")
+    add_sampling_args(p)
+    args = p.parse_args(argv)
+    if args.predictions is None:
+        args.predictions = args.dataset.with_suffix(".predictions.jsonl")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    items = load_dataset(args.dataset)
+    done = {p["id"] for p in load_predictions(args.predictions)}
+    pending = [item for item in items if item.id not in done]
+    with tqdm(total=len(items), initial=len(items) - len(pending), unit="q") as progress:
+        try:
+            throughput = asyncio.run(run(pending[: args.limit], args, args.predictions, progress))
+        except (openai.AuthenticationError, openai.NotFoundError) as exc:
+            sys.exit(f"af3-eval: {exc}")
+        except KeyboardInterrupt:
+            sys.exit(
+                f"af3-eval: interrupted; answers so far are in {args.predictions}; "
+                "the same command goes on from there"
+            )
+
+    wanted = {item.id for item in items}
+    scores = score(p for p in load_predictions(args.predictions) if p["id"] in wanted)
+    print_report(throughput, scores, len(items), args.predictions)
+    if args.report:
+        report = {"throughput": asdict(throughput), "scores": asdict(scores)}
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+    if throughput.failed:
+        sys.exit(1)
+
+
+def print_report(t: Throughput, s: Scores, total: int, predictions: Path) -> None:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    print(f"predictions: {predictions} ({s.scored} scored of {total} questions)")
+    print(
+        f"this run: {t.answered} answered, {t.failed} failed in {t.seconds:.1f} s: "
+        f"{t.questions_per_s:.2f} questions/s, {t.audio_hours_per_hour:.1f} audio hours/hour"
+    )
+    print(f"exact match: {pct(s.exact_match)}")
+    print(f"multiple choice: {pct(s.multiple_choice_accuracy)} of {s.multiple_choice}")
+    print(f"transcription: WER {pct(s.wer)}, CER {pct(s.cer)} over {s.transcription}")
+
+
+if __name__ == "__main__":
+    main()
