@@ -185,7 +185,7 @@ def test_prompt_tokens_match_the_checkpoint_chat_template(client, tiny_checkpoin
 
 
 def test_sampling_parameters(client, speech) -> None:
-    reply = client.chat.completions.create(
+    sampling = dict(
         model=MODEL,
         messages=[user(speech[: 16000 * 3])],
         max_completion_tokens=5,
@@ -196,28 +196,14 @@ def test_sampling_parameters(client, speech) -> None:
         presence_penalty=0.5,
         frequency_penalty=0.5,
         stop=["\n\n"],
-        logprobs=True,
-        top_logprobs=2,
-        user="tester",
         extra_body={"top_k": 20, "repetition_penalty": 1.1},
     )
+    reply = client.chat.completions.create(**sampling, logprobs=True, top_logprobs=2, user="tester")
     assert [c.index for c in reply.choices] == [0, 1]
     for choice in reply.choices:
         assert len(choice.logprobs.content) <= 5
         assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content)
-    again = client.chat.completions.create(
-        model=MODEL,
-        messages=[user(speech[: 16000 * 3])],
-        max_completion_tokens=5,
-        n=2,
-        temperature=1.0,
-        top_p=0.9,
-        seed=7,
-        presence_penalty=0.5,
-        frequency_penalty=0.5,
-        stop=["\n\n"],
-        extra_body={"top_k": 20, "repetition_penalty": 1.1},
-    )
+    again = client.chat.completions.create(**sampling)  # same seed: same samples
     assert [c.message.content for c in again.choices] == [c.message.content for c in reply.choices]
 
 
