@@ -115,8 +115,12 @@ async def chat_completions(
 
     ticket = runtime.admit(request.state.client)
     try:
-        audios = await runtime.load_audios(refs, ticket)
-        engine_input = await runtime.render(conversation, audios)
+
+        async def prepare() -> Any:
+            return await runtime.render(conversation, await runtime.load_audios(refs, ticket))
+
+        # A client that leaves while its audio is fetched or decoded stops the work here.
+        engine_input = await until_disconnect(request, prepare(), "chat_prepare")
         prompt_ids = engine_input["prompt_token_ids"]
         params = sampling_params(body, len(prompt_ids), runtime.max_model_len, body.stream)
     except BaseException:

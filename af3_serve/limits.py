@@ -62,6 +62,8 @@ class BodyLimits:
             except TimeoutError:
                 refused, reason = self._too_slow(), "body_read_timeout"
             else:
+                if message["type"] == "http.disconnect":
+                    metrics.CLIENT_DISCONNECTS.labels("upload").inc()  # left mid-body
                 if message["type"] != "http.request":
                     return message
                 received += len(message.get("body", b""))

@@ -90,20 +90,26 @@ async def _handle(
     text_instruction = instruction(task, language, prompt)
     ticket = runtime.admit(request.state.client)
     try:
-        audio = await runtime.decode(await file.read(), "file", ticket)
-        metrics.REQUEST_AUDIO_SECONDS.observe(audio.size / TARGET_RATE)
         conversation = [
             {
                 "role": "user",
                 "content": [{"type": "audio"}, {"type": "text", "text": text_instruction}],
             }
         ]
-        bounds = windows(audio)
-        try:
-            inputs = [await runtime.render(conversation, [audio[a:b]]) for a, b in bounds]
-        except APIError as exc:
-            exc.param = "file"
-            raise
+
+        async def prepare() -> tuple[Any, list[tuple[int, int]], list[Any]]:
+            audio = await runtime.decode(await file.read(), "file", ticket)
+            bounds = windows(audio)
+            try:
+                inputs = [await runtime.render(conversation, [audio[a:b]]) for a, b in bounds]
+            except APIError as exc:
+                exc.param = "file"
+                raise
+            return audio, bounds, inputs
+
+        # A client that leaves while its file is decoded stops the work here.
+        audio, bounds, inputs = await until_disconnect(request, prepare(), endpoint + "_prepare")
+        metrics.REQUEST_AUDIO_SECONDS.observe(audio.size / TARGET_RATE)
         params = SamplingParams(
             temperature=temperature,
             max_tokens=MAX_TOKENS_PER_WINDOW,

@@ -3,6 +3,7 @@ and a dead engine turns /health to 503 and ends the process non-zero."""
 
 import asyncio
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -175,3 +176,20 @@ def test_engine_death_turns_health_503_and_exits_non_zero(own_server, speech) ->
     assert refused.status_code == 503
     assert own_server.process.wait(timeout=120) != 0
     assert "engine died" in own_server.log_text()
+
+
+def test_disconnect_during_upload_is_counted_and_harmless(server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    before = metric(server, 'af3_client_disconnects_total{endpoint="upload"}')
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Authorization: Bearer " + API_KEY.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2000000\r\n\r\n"
+            + b'{"model": "audio-flamingo-3", "messages": ['
+            + b" " * 100_000
+        )
+    assert wait_for(
+        lambda: metric(server, 'af3_client_disconnects_total{endpoint="upload"}') > before, 30
+    )
+    assert httpx.get(f"{server.url}/health").status_code == 200
