@@ -49,6 +49,11 @@ def audio_body(data: bytes, fmt: str = "wav", **extra) -> dict:
     }
 
 
+def user_body(content: object) -> dict:
+    """A request whose single user message carries `content` as given."""
+    return {"model": MODEL, "messages": [{"role": "user", "content": content}]}
+
+
 def url_body(url: str) -> dict:
     part = {"type": "audio_url", "audio_url": {"url": url}}
     return {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": [part]}]}
@@ -148,76 +153,36 @@ CASES = [
     Case(
         "content an int",
         (400,),
-        chat({"model": MODEL, "messages": [{"role": "user", "content": 5}]}),
+        chat(user_body(5)),
     ),
     Case(
         "image part",
         (400,),
         chat(
-            {
-                "model": MODEL,
-                "messages": [
+            user_body(
+                [
                     {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "image_url",
-                                "image_url": {"url": "data:image/png;base64,AAAA"},
-                            }
-                        ],
+                        "type": "image_url",
+                        "image_url": {"url": "data:image/png;base64,AAAA"},
                     }
-                ],
-            }
+                ]
+            )
         ),
     ),
     Case(
         "audio without data",
         (400,),
-        chat(
-            {
-                "model": MODEL,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "input_audio", "input_audio": {"format": "wav"}}],
-                    }
-                ],
-            }
-        ),
+        chat(user_body([{"type": "input_audio", "input_audio": {"format": "wav"}}])),
     ),
     Case(
         "audio data an int",
         (400,),
-        chat(
-            {
-                "model": MODEL,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "input_audio", "input_audio": {"data": 7, "format": "wav"}}
-                        ],
-                    }
-                ],
-            }
-        ),
+        chat(user_body([{"type": "input_audio", "input_audio": {"data": 7, "format": "wav"}}])),
     ),
     Case(
         "invalid base64",
         (400,),
-        chat(
-            {
-                "model": MODEL,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [
-                            {"type": "input_audio", "input_audio": {"data": "!!!", "format": "wav"}}
-                        ],
-                    }
-                ],
-            }
-        ),
+        chat(user_body([{"type": "input_audio", "input_audio": {"data": "!!!", "format": "wav"}}])),
     ),
     Case("garbage bytes", (400,), chat(audio_body(bytes(range(256)) * 64))),
     Case("truncated wav", (400,), chat(audio_body(OK_WAV[:30]))),
@@ -251,27 +216,21 @@ CASES = [
         "nine audios",
         (400,),
         chat(
-            {
-                "model": MODEL,
-                "messages": [
+            user_body(
+                [
                     {
-                        "role": "user",
-                        "content": [
-                            {
-                                "type": "input_audio",
-                                "input_audio": {"data": b64(OK_WAV), "format": "wav"},
-                            }
-                        ]
-                        * 9,
+                        "type": "input_audio",
+                        "input_audio": {"data": b64(OK_WAV), "format": "wav"},
                     }
-                ],
-            }
+                ]
+                * 9
+            )
         ),
     ),
     Case(
         "ten megabytes of text",
         (400,),
-        chat({"model": MODEL, "messages": [{"role": "user", "content": "word " * 2_000_000}]}),
+        chat(user_body("word " * 2_000_000)),
     ),
     Case("temperature a string", (400,), chat({**GOOD, "temperature": "hot"})),
     Case("negative max_tokens", (400,), chat({**GOOD, "max_tokens": -1})),
