@@ -20,6 +20,7 @@ from af3_serve.dependencies import require_api_key, require_api_key_if_protected
 from af3_serve.engine import start_engine
 from af3_serve.errors import install_error_handlers
 from af3_serve.limits import BodyLimits
+from af3_serve.model_files import ModelFiles
 from af3_serve.protocol import ModelCard, ModelList
 from af3_serve.request_log import RequestLog
 from af3_serve.runtime import Runtime
@@ -40,19 +41,21 @@ async def _watch_engine(runtime: Runtime, on_engine_dead: Callable[[], None]) ->
     on_engine_dead()
 
 
-def create_app(config: ServerConfig, on_engine_dead: Callable[[], None]) -> FastAPI:
+def create_app(
+    config: ServerConfig, files: ModelFiles, on_engine_dead: Callable[[], None]
+) -> FastAPI:
     """`on_engine_dead` is told when the engine dies, so the process can exit non-zero."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if (Path(config.model) / "AF3_TINY_CHECKPOINT.json").exists():
+        if (Path(files.model_dir) / "AF3_TINY_CHECKPOINT.json").exists():
             logger.warning(
                 "%s holds RANDOM weights from af3-tiny-checkpoint: answers are "
                 "noise; use it to try the API, not the model",
-                config.model,
+                files.model_dir,
             )
-        engine = start_engine(config)
-        runtime = Runtime(config, engine)
+        engine = start_engine(config, files)
+        runtime = Runtime(config, engine, files)
         app.state.runtime = runtime
         watcher = asyncio.create_task(_watch_engine(runtime, on_engine_dead))
         try:
@@ -76,12 +79,24 @@ def create_app(config: ServerConfig, on_engine_dead: Callable[[], None]) -> Fast
     @app.get("/v1/models", dependencies=[Depends(require_api_key)])
     async def models(request: Request) -> ModelList:
         runtime: Runtime = request.app.state.runtime
-        card = ModelCard(
-            id=config.served_model_name,
-            created=runtime.created,
-            max_model_len=runtime.max_model_len,
-        )
-        return ModelList(data=[card])
+        cards = [
+            ModelCard(
+                id=config.served_model_name,
+                created=runtime.created,
+                max_model_len=runtime.max_model_len,
+            )
+        ]
+        if runtime.think is not None:
+            cards.append(
+                ModelCard(
+                    id=config.think_name,
+                    created=runtime.created,
+                    max_model_len=runtime.max_model_len,
+                    root=config.served_model_name,
+                    parent=config.served_model_name,
+                )
+            )
+        return ModelList(data=cards)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

@@ -108,7 +108,7 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]
 ) -> ChatCompletion | StreamingResponse:
     arrival = time.perf_counter()
-    runtime.check_model(body.model)
+    think = runtime.check_model(body.model, body.thinking)
     if body.stream_options is not None and not body.stream:
         raise APIError(400, "stream_options needs stream: true.", param="stream_options")
     conversation, refs = to_conversation(body.messages)
@@ -117,7 +117,8 @@ async def chat_completions(
     try:
 
         async def prepare() -> Any:
-            return await runtime.render(conversation, await runtime.load_audios(refs, ticket))
+            audios = await runtime.load_audios(refs, ticket)
+            return await runtime.render(conversation, audios, think)
 
         # A client that leaves while its audio is fetched or decoded stops the work here.
         engine_input = await until_disconnect(request, prepare(), "chat_prepare")
@@ -131,24 +132,28 @@ async def chat_completions(
     request_id = completion_id()
     top = body.top_logprobs or 0
 
-    def usage(completion_tokens: int) -> Usage:
+    def usage(completion_tokens: int, cached_tokens: int) -> Usage:
         return Usage(
             prompt_tokens=len(prompt_ids),
             completion_tokens=completion_tokens,
             total_tokens=len(prompt_ids) + completion_tokens,
-            prompt_tokens_details=PromptTokensDetails(audio_tokens=audio_tokens),
+            prompt_tokens_details=PromptTokensDetails(
+                audio_tokens=audio_tokens, cached_tokens=cached_tokens
+            ),
         )
 
     if body.stream:
         return StreamingResponse(
-            _stream(runtime, ticket, body, engine_input, params, request_id, arrival, usage, top),
+            _stream(
+                runtime, ticket, body, engine_input, params, request_id, arrival, usage, top, think
+            ),
             media_type="text/event-stream",
         )
 
     async def complete() -> ChatCompletion:
         final = None
         first = True
-        async for out in runtime.generate(engine_input, params, request_id):
+        async for out in runtime.generate(engine_input, params, request_id, think):
             if first:
                 metrics.TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - arrival)
                 first = False
@@ -167,7 +172,7 @@ async def chat_completions(
             id=request_id,
             model=body.model,
             choices=choices,
-            usage=usage(sum(len(o.token_ids) for o in final.outputs)),
+            usage=usage(sum(len(o.token_ids) for o in final.outputs), final.num_cached_tokens or 0),
         )
 
     try:
@@ -191,6 +196,7 @@ async def _stream(
     arrival: float,
     usage: Any,
     top: int,
+    think: bool,
 ) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format; the admission taken by the handler is
     released when the stream ends, however it ends."""
@@ -204,15 +210,17 @@ async def _stream(
         )
 
     completion_tokens = 0
+    cached_tokens = 0
     try:
         yield chunk(
             [ChunkChoice(index=i, delta=Delta(role="assistant", content="")) for i in range(body.n)]
         )
         first = True
-        async for out in runtime.generate(engine_input, params, request_id):
+        async for out in runtime.generate(engine_input, params, request_id, think):
             if first:
                 metrics.TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - arrival)
                 first = False
+            cached_tokens = out.num_cached_tokens or cached_tokens
             for o in out.outputs:
                 completion_tokens += len(o.token_ids)
                 if o.text or o.finish_reason:
@@ -227,7 +235,7 @@ async def _stream(
                         ]
                     )
         if body.stream_options and body.stream_options.include_usage:
-            yield chunk([], usage(completion_tokens))
+            yield chunk([], usage(completion_tokens, cached_tokens))
     except (asyncio.CancelledError, GeneratorExit):
         metrics.CLIENT_DISCONNECTS.labels("chat_stream").inc()
         raise

@@ -7,11 +7,16 @@ import uvicorn
 
 from af3_serve.app import create_app
 from af3_serve.config import parse_args
+from af3_serve.model_files import ModelFilesError, resolve_model_files
 
 
 def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        files = resolve_model_files(config.model, config.think_adapter, config.cache_dir)
+    except ModelFilesError as exc:
+        sys.exit(f"af3-serve: error: {exc}")
     engine_died = False
     server: uvicorn.Server | None = None
 
@@ -21,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         if server is not None:
             server.should_exit = True  # a supervisor restarts us
 
-    app = create_app(config, on_engine_dead)
+    app = create_app(config, files, on_engine_dead)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL = "nvidia/audio-flamingo-3-hf"
+DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "af3-serve"
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class EngineSettings:
 class ServerConfig:
     model: str = DEFAULT_MODEL
     served_model_name: str = "audio-flamingo-3"
+    think_adapter: str = "auto"  # "auto", "none" or a folder
+    think_model_name: str | None = None  # default: served_model_name + "-think"
+    cache_dir: Path = DEFAULT_CACHE_DIR
     host: str = "0.0.0.0"
     port: int = 8000
     api_keys: frozenset[str] = frozenset()
@@ -48,6 +52,10 @@ class ServerConfig:
     demo_page: bool = True
     engine: EngineSettings = field(default_factory=EngineSettings)
 
+    @property
+    def think_name(self) -> str:
+        return self.think_model_name or f"{self.served_model_name}-think"
+
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
     p = argparse.ArgumentParser(
@@ -55,8 +63,28 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     )
     d = ServerConfig()
     e = EngineSettings()
-    p.add_argument("--model", default=d.model, help="HF model id or local path")
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help="HF model id or local folder, in the HF layout or AF3's original llava layout "
+        "(converted once into --cache-dir)",
+    )
     p.add_argument("--served-model-name", default=d.served_model_name)
+    p.add_argument(
+        "--think-adapter",
+        default=d.think_adapter,
+        help="thinking-mode adapter folder, served as a second model; 'auto' (default) "
+        "uses the checkpoint's think/ or stage35/ if present, 'none' serves the base alone",
+    )
+    p.add_argument(
+        "--think-model-name", default=None, help="default: the served model name + '-think'"
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=d.cache_dir,
+        help="converted checkpoints and prepared adapters (default: %(default)s)",
+    )
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument(
@@ -160,6 +188,9 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     return ServerConfig(
         model=a.model,
         served_model_name=a.served_model_name,
+        think_adapter=a.think_adapter,
+        think_model_name=a.think_model_name,
+        cache_dir=a.cache_dir,
         host=a.host,
         port=a.port,
         api_keys=frozenset(keys),

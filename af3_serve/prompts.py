@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
+from af3_model_executor.think_adapter import THINK_SUFFIX
 from af3_serve.protocol import AudioPart, Message, TextPart, UserMessage
 
 
@@ -38,3 +39,25 @@ def to_conversation(messages: list[Message]) -> tuple[list[dict[str, Any]], list
         else:
             conversation.append({"role": role, "content": _text(message.content)})
     return conversation, audios
+
+
+def with_think_suffix(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """AF3's thinking sentence after the text of the last user turn (once)."""
+    turns = [dict(m) for m in conversation]
+    last = next((m for m in reversed(turns) if m["role"] == "user"), None)
+    if last is None:
+        return turns
+    if isinstance(last["content"], str):
+        text = last["content"]
+        if not text.rstrip().endswith(THINK_SUFFIX):
+            last["content"] = f"{text} {THINK_SUFFIX}".lstrip()
+        return turns
+    parts = list(last["content"])
+    texts = [i for i, p in enumerate(parts) if p["type"] == "text"]
+    if not texts:
+        parts.append({"type": "text", "text": THINK_SUFFIX})
+    elif not parts[texts[-1]]["text"].rstrip().endswith(THINK_SUFFIX):
+        i = texts[-1]
+        parts[i] = {"type": "text", "text": f"{parts[i]['text']} {THINK_SUFFIX}".lstrip()}
+    last["content"] = parts
+    return turns

@@ -84,6 +84,8 @@ class ChatCompletionRequest(StrictModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False  # vLLM extension; load tests use it for fixed output lengths
+    # Our extension: AF3's thinking mode (same as asking for the "-think" model).
+    thinking: bool | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     user: str | None = None
@@ -169,6 +171,8 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "af3-serve"
     max_model_len: int
+    root: str | None = None  # for the thinking model: the base model it adapts
+    parent: str | None = None
 
 
 class ModelList(BaseModel):

@@ -22,14 +22,17 @@ from af3_serve.audio import TARGET_RATE, AudioLimits, decode_audio, header_secon
 from af3_serve.config import ServerConfig
 from af3_serve.errors import APIError
 from af3_serve.media import MediaPolicy, load_audio_bytes
-from af3_serve.prompts import AudioRef
+from af3_serve.model_files import ModelFiles
+from af3_serve.prompts import AudioRef, with_think_suffix
 
 
 class Runtime:
-    def __init__(self, config: ServerConfig, engine: AsyncLLM) -> None:
+    def __init__(self, config: ServerConfig, engine: AsyncLLM, files: ModelFiles) -> None:
         self.config = config
         self.engine = engine
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model)
+        self.think = files.think
+        self.think_lora = files.think.lora_request(config.think_name) if files.think else None
+        self.tokenizer = AutoTokenizer.from_pretrained(files.model_dir)
         self.audio_token_id = engine.model_config.hf_config.audio_token_id
         self.max_model_len = engine.model_config.max_model_len
         self.created = int(time.time())
@@ -50,11 +53,30 @@ class Runtime:
         self.engine_dead = False
         self._engine_dead_event = asyncio.Event()
 
-    def check_model(self, model: str) -> None:
+    def check_model(self, model: str, thinking: bool | None = None) -> bool:
+        """Whether the request runs in thinking mode, asked for by the model name or by the
+        `thinking` field."""
+        if self.think is not None and model == self.config.think_name:
+            if thinking is False:
+                raise APIError(
+                    400,
+                    f"The model '{model}' always thinks; use "
+                    f"'{self.config.served_model_name}' for answers without thinking.",
+                    param="thinking",
+                )
+            return True
         if model not in {self.config.served_model_name, self.config.model}:
             raise APIError(
                 404, f"The model '{model}' does not exist.", param="model", code="model_not_found"
             )
+        if thinking and self.think is None:
+            raise APIError(
+                400,
+                "Thinking mode is not available: the server runs without a thinking adapter.",
+                param="thinking",
+                code="thinking_unavailable",
+            )
+        return bool(thinking)
 
     def admit(self, client: str) -> Ticket:
         if self.engine_dead:
@@ -94,8 +116,14 @@ class Runtime:
         metrics.REQUEST_AUDIO_SECONDS.observe(sum(a.size for a in audios) / TARGET_RATE)
         return audios
 
-    async def render(self, conversation: list[dict[str, Any]], audios: list[np.ndarray]) -> Any:
-        """Prompt tokens with each `<sound>` expanded, run through our processor."""
+    async def render(
+        self, conversation: list[dict[str, Any]], audios: list[np.ndarray], think: bool = False
+    ) -> Any:
+        """Prompt tokens with each `<sound>` expanded, run through our processor. Thinking
+        mode gets AF3's suffix on the question and, when its adapter retrained the adaptor,
+        sends the audios through that one."""
+        if think:
+            conversation = with_think_suffix(conversation)
         try:
             prompt = self.tokenizer.apply_chat_template(
                 conversation, tokenize=False, add_generation_prompt=True
@@ -112,6 +140,8 @@ class Runtime:
         request: dict[str, Any] = {"prompt": prompt}
         if mm_data:
             request["multi_modal_data"] = mm_data
+            if think and self.think is not None and (kwargs := self.think.mm_processor_kwargs()):
+                request["mm_processor_kwargs"] = kwargs
         try:
             (engine_input,) = await self.engine.renderer.render_cmpl_async([request])
         except (ValueError, VLLMValidationError) as exc:
@@ -131,11 +161,13 @@ class Runtime:
         self._engine_dead_event.set()
 
     async def generate(
-        self, engine_input: Any, params: SamplingParams, request_id: str
+        self, engine_input: Any, params: SamplingParams, request_id: str, think: bool = False
     ) -> AsyncIterator[RequestOutput]:
-        """The engine's outputs, ended with EngineDeadError once the engine is found dead:
-        a request added while the engine was dying would otherwise wait forever."""
-        outputs = self.engine.generate(engine_input, params, request_id)
+        """The engine's outputs (through the thinking LoRA when `think`), ended with
+        EngineDeadError once the engine is found dead: a request added while the engine
+        was dying would otherwise wait forever."""
+        lora = self.think_lora if think else None
+        outputs = self.engine.generate(engine_input, params, request_id, lora_request=lora)
         dead = asyncio.ensure_future(self._engine_dead_event.wait())
         step: asyncio.Future | None = None
         try:

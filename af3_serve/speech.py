@@ -84,7 +84,12 @@ async def _handle(
     stream: bool,
 ) -> Response:
     endpoint = "transcriptions" if task == "transcribe" else "translations"
-    runtime.check_model(model)
+    if runtime.check_model(model):
+        raise APIError(
+            400,
+            "Thinking mode is for /v1/chat/completions; transcription uses the base model.",
+            param="model",
+        )
     if not 0.0 <= temperature <= 1.0:
         raise APIError(400, "temperature must be between 0 and 1.", param="temperature")
     text_instruction = instruction(task, language, prompt)

@@ -20,7 +20,7 @@ from benchmarks import report
 from benchmarks.load_shapes import arrival_offsets
 from benchmarks.runner import Endpoint, run_pass, warm_up
 from benchmarks.stats import ratios, saturation_point, summarize
-from benchmarks.workload import FORMATS, KINDS, AudioSource, Workload, draw_lengths
+from benchmarks.workload import FORMATS, KINDS, AudioSource, Workload, draw_lengths, questions
 
 SECRET_FLAGS = ("--api-key", "--compare-api-key")
 
@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "carries an inaudible unique signature so server caches cannot serve it)",
     )
     work.add_argument("--prompt", default="Describe the audio.", help="default: %(default)s")
+    work.add_argument(
+        "--turns",
+        type=int,
+        default=1,
+        help="make each request a conversation of this many turns about its audio, each "
+        "resending the history (default %(default)s)",
+    )
     work.add_argument("--max-tokens", type=int, default=128, help="default: %(default)s")
     work.add_argument("--ignore-eos", action="store_true", help='send "ignore_eos": true')
     work.add_argument("--temperature", type=float, default=0.0, help="default: %(default)s")
@@ -89,12 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     load = p.add_argument_group("load shape")
     concurrency = load.add_mutually_exclusive_group()
-    concurrency.add_argument("--max-concurrency", type=int, help="requests in flight at most")
+    concurrency.add_argument(
+        "--max-concurrency",
+        type=int,
+        help="requests (with --turns: conversations) in flight at most",
+    )
     concurrency.add_argument(
         "--sweep", type=_positive_ints, metavar="C1,C2,...", help="one pass per concurrency"
     )
     load.add_argument(
-        "--request-rate", type=float, default=float("inf"), help="requests/s (inf: all at once)"
+        "--request-rate",
+        type=float,
+        default=float("inf"),
+        help="requests (with --turns: conversations) started per second (inf: all at once)",
     )
     load.add_argument(
         "--burstiness", type=float, default=1.0, help="gamma shape of gaps (default 1: Poisson)"
@@ -130,8 +144,8 @@ def redacted_command(words: list[str]) -> str:
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.num_requests < 1 or args.max_tokens < 1:
-        parser.error("--num-requests and --max-tokens must be at least 1")
+    if min(args.num_requests, args.max_tokens, args.turns) < 1:
+        parser.error("--num-requests, --max-tokens and --turns must be at least 1")
     if args.max_concurrency is not None and args.max_concurrency < 1:
         parser.error("--max-concurrency must be at least 1")
     if min(args.request_rate, args.burstiness, args.request_timeout, args.max_duration or 1) <= 0:
@@ -175,11 +189,11 @@ def _run_steps(
         order = endpoints if step % 2 == 0 else endpoints[::-1]
         for endpoint in order:
             label = endpoint.name + (f" c={concurrency}" if args.sweep else "")
-            requests = workload.requests(fields | {"model": endpoint.model})
+            conversations = workload.conversations(fields | {"model": endpoint.model}, args.turns)
             result = asyncio.run(
                 run_pass(
                     endpoint,
-                    requests,
+                    conversations,
                     offsets,
                     concurrency,
                     args.max_duration,
@@ -194,7 +208,7 @@ def _run_steps(
                 result.unfinished,
                 args.slo_ttft_ms,
                 args.slo_e2el_ms,
-            )
+            ) | {"cache": result.cache}
             runs.append(
                 report.Run(step, endpoint.name, concurrency, result.records, summary, label)
             )
@@ -213,8 +227,11 @@ def _run_steps(
             }
         )
         title = f"max concurrency {concurrency}" if concurrency else "no concurrency cap"
-        title += f", {args.request_rate:g} req/s" if math.isfinite(args.request_rate) else ""
+        unit = "conversations/s" if args.turns > 1 else "req/s"
+        title += f", {args.request_rate:g} {unit}" if math.isfinite(args.request_rate) else ""
         print(f"\n=== step {step}: {title} ===\n{report.step_table(results, comparison)}")
+        if args.turns > 1:
+            print(f"\n{report.per_turn_table(results)}")
     return steps, runs
 
 
@@ -233,6 +250,8 @@ def _workload_block(args: argparse.Namespace, workload: Workload) -> dict[str, A
             "total": sum(lengths),
         },
         "prompt": args.prompt,
+        "turns": args.turns,
+        "questions": list(questions(args.prompt, args.turns)),
         "request_fields": _request_fields(args),
     }
 

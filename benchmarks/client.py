@@ -14,6 +14,7 @@ from benchmarks.workload import Request
 class RequestRecord:
     index: int
     audio_seconds: float
+    turn: int = 1  # of its conversation (--turns)
     start_s: float = 0.0  # when it was sent, from the start of its pass
     ok: bool = False
     status: int | None = None  # HTTP status; None when no response came
@@ -26,6 +27,7 @@ class RequestRecord:
     itl_s: list[float] = field(default_factory=list)  # gaps between content chunks
     tpot_s: float | None = None
     e2el_s: float | None = None
+    answer: str = ""  # the text returned; the next turn sends it back as history
 
 
 def tpot(e2el_s: float, ttft_s: float | None, completion_tokens: int | None) -> float | None:
@@ -42,6 +44,11 @@ def _error_message(body: bytes) -> str:
         return body[:300].decode(errors="replace")
 
 
+def _answer(payload: dict[str, Any]) -> str:
+    choices = payload.get("choices") or [{}]
+    return (choices[0].get("message") or {}).get("content") or ""
+
+
 def _take_usage(record: RequestRecord, usage: dict[str, Any]) -> None:
     record.prompt_tokens = usage.get("prompt_tokens")
     record.completion_tokens = usage.get("completion_tokens")
@@ -53,6 +60,7 @@ def _take_usage(record: RequestRecord, usage: dict[str, Any]) -> None:
 async def _read_stream(response: httpx.Response, record: RequestRecord, start: float) -> None:
     last = start
     content_chunks = 0
+    text: list[str] = []
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
@@ -70,6 +78,8 @@ async def _read_stream(response: httpx.Response, record: RequestRecord, start: f
             # The opening role-only chunk is no token; a finish without text counts only
             # when nothing came before it (a first token that decodes to no text).
             content = choice.get("delta", {}).get("content")
+            if content:
+                text.append(content)
             if content or (record.ttft_s is None and choice.get("finish_reason")):
                 if record.ttft_s is None:
                     record.ttft_s = now - start
@@ -82,6 +92,7 @@ async def _read_stream(response: httpx.Response, record: RequestRecord, start: f
         return
     if record.completion_tokens is None:  # no usage chunk: one token per chunk, roughly
         record.completion_tokens = content_chunks
+    record.answer = "".join(text)
     record.ok = True
 
 
@@ -94,7 +105,7 @@ async def send(
     pass_start: float,
 ) -> RequestRecord:
     """POST one request and time it; failures are recorded, never raised."""
-    record = RequestRecord(request.index, request.audio_seconds)
+    record = RequestRecord(request.index, request.audio_seconds, request.turn)
     body = b"".join(request.body)  # before the clock: a long clip is megabytes to copy
     start = time.perf_counter()
     record.start_s = start - pass_start
@@ -110,7 +121,9 @@ async def send(
             response = await client.post(url, content=body, headers=headers)
             record.status = response.status_code
             if response.status_code == 200:
-                _take_usage(record, response.json().get("usage") or {})
+                payload = response.json()
+                _take_usage(record, payload.get("usage") or {})
+                record.answer = _answer(payload)
                 record.ok = True
             else:
                 record.error = _error_message(response.content)

@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from benchmarks.client import RequestRecord
+from benchmarks.server_metrics import CACHES
 from benchmarks.stats import LATENCIES, length_bucket
 
 
@@ -151,6 +152,14 @@ def _aligned(lines: list[list[str]]) -> str:
     )
 
 
+def _cache_cell(cache: dict[str, Any] | None) -> str:
+    """Hits / queries and the hit rate of one cache over a pass."""
+    if cache is None:
+        return "-"
+    rate = "-" if cache["hit_rate"] is None else f"{cache['hit_rate']:.1%}"
+    return f"{cache['hits']:.0f} / {cache['queries']:.0f} ({rate})"
+
+
 def step_table(summaries: dict[str, dict[str, Any]], ratios: dict[str, Any] | None) -> str:
     """A step's summaries side by side, with the ratio column when comparing."""
     values = list(summaries.values())
@@ -161,7 +170,7 @@ def step_table(summaries: dict[str, dict[str, Any]], ratios: dict[str, Any] | No
         lines.append([name, *cells, *ratio])
 
     add("completed / failed", [f"{s['completed']} / {s['failed']}" for s in values])
-    add("unfinished (deadline)", [str(s["unfinished"]) for s in values])
+    add("unfinished (deadline, skipped turns)", [str(s["unfinished"]) for s in values])
     errors = [", ".join(f"{k}: {n}" for k, n in s["errors_by_status"].items()) for s in values]
     if any(errors):
         add("errors by status", [e or "-" for e in errors])
@@ -184,6 +193,39 @@ def step_table(summaries: dict[str, dict[str, Any]], ratios: dict[str, Any] | No
             found = [b for b in s["ttft_by_audio_length"] if b["bucket"] == bucket]
             cells.append(f"{_number(found[0]['p50'])} (n={found[0]['count']})" if found else "-")
         add(f"TTFT p50 (ms), audio {bucket} s", cells)
+    for cache, unit in CACHES.items():
+        cells = [_cache_cell(None if s["cache"] is None else s["cache"][cache]) for s in values]
+        add(f"{cache.replace('_', ' ')} hits / queries ({unit})", cells)
+    return _aligned(lines)
+
+
+def per_turn_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Each conversation turn's request count, mean prompt length and TTFT and E2E
+    latency statistics, for each endpoint of a step."""
+    stats = ("mean", "p50", "p90", "p99")
+    lines = [
+        [
+            "turn",
+            "endpoint",
+            "n",
+            "prompt tokens",
+            *(f"TTFT {stat} ms" for stat in stats),
+            *(f"E2EL {stat} ms" for stat in stats),
+        ]
+    ]
+    rows = [(row, endpoint) for endpoint, s in summaries.items() for row in s["per_turn"]]
+    rows.sort(key=lambda pair: pair[0]["turn"])  # stable: endpoints in order within a turn
+    for row, endpoint in rows:
+        lines.append(
+            [
+                str(row["turn"]),
+                endpoint,
+                str(row["count"]),
+                _number(row["prompt_tokens_mean"]),
+                *(_number(row["ttft_ms"][stat]) for stat in stats),
+                *(_number(row["e2el_ms"][stat]) for stat in stats),
+            ]
+        )
     return _aligned(lines)
 
 

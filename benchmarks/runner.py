@@ -3,12 +3,14 @@
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from tqdm import tqdm
 
 from benchmarks.client import RequestRecord, send
-from benchmarks.workload import Request
+from benchmarks.server_metrics import cache_delta, read_counters
+from benchmarks.workload import Conversation, Request
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,10 @@ class Endpoint:
         return f"{self.url.rstrip('/')}/v1/chat/completions"
 
     @property
+    def metrics_url(self) -> str:
+        return f"{self.url.rstrip('/')}/metrics"
+
+    @property
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -32,9 +38,12 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class PassResult:
-    records: list[RequestRecord]  # the requests that finished, in index order
+    records: list[RequestRecord]  # the requests that finished, by conversation and turn
     duration_s: float
-    unfinished: int  # cut off by the deadline, in flight or never sent
+    # Cut off by the deadline, in flight or never sent; or a later turn of a conversation
+    # whose earlier turn failed, which cannot be built without that turn's answer.
+    unfinished: int
+    cache: dict[str, Any] | None  # vLLM's cache counters over the pass; None if unreadable
 
 
 def _client(timeout_s: float) -> httpx.AsyncClient:
@@ -46,7 +55,7 @@ def _client(timeout_s: float) -> httpx.AsyncClient:
 
 async def run_pass(
     endpoint: Endpoint,
-    requests: list[Request],
+    conversations: list[Conversation],
     offsets: list[float],
     max_concurrency: int | None,
     max_duration_s: float | None,
@@ -54,36 +63,50 @@ async def run_pass(
     timeout_s: float,
     label: str,
 ) -> PassResult:
-    """Send request i at offsets[i] (later if `max_concurrency` are in flight); at
+    """Start conversation i at offsets[i] (later if `max_concurrency` are in flight) and
+    send its turns one after another, each once the previous answer is in; a conversation
+    holds its concurrency slot through all its turns, as one user would. At
     `max_duration_s` cancel whatever has not finished."""
-    slots = asyncio.Semaphore(max_concurrency or len(requests))
-    progress = tqdm(total=len(requests), desc=label, unit="req")
+    slots = asyncio.Semaphore(max_concurrency or len(conversations))
+    total = sum(len(c.questions) for c in conversations)
+    progress = tqdm(total=total, desc=label, unit="req")
+    records: list[RequestRecord] = []
     failed = 0
     async with _client(timeout_s) as client:
+        before = await read_counters(client, endpoint.metrics_url, endpoint.headers)
         start = time.perf_counter()
 
-        async def one(request: Request, offset: float) -> RequestRecord:
+        async def talk(conversation: Conversation, offset: float) -> None:
             nonlocal failed
             await asyncio.sleep(start + offset - time.perf_counter())
+            answers: list[str] = []
             async with slots:
-                record = await send(
-                    client, endpoint.chat_url, endpoint.headers, request, stream, start
-                )
-            progress.update()
-            if not record.ok:
-                failed += 1
-                progress.set_postfix(failed=failed)
-            return record
+                for _ in conversation.questions:
+                    request = conversation.request(answers)
+                    record = await send(
+                        client, endpoint.chat_url, endpoint.headers, request, stream, start
+                    )
+                    records.append(record)
+                    progress.update()
+                    if not record.ok:
+                        failed += 1
+                        progress.set_postfix(failed=failed)
+                        return
+                    answers.append(record.answer)
 
-        tasks = [asyncio.create_task(one(r, o)) for r, o in zip(requests, offsets, strict=True)]
-        done, pending = await asyncio.wait(tasks, timeout=max_duration_s)
+        tasks = [
+            asyncio.create_task(talk(c, o)) for c, o in zip(conversations, offsets, strict=True)
+        ]
+        _, pending = await asyncio.wait(tasks, timeout=max_duration_s)
         duration = time.perf_counter() - start
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        after = await read_counters(client, endpoint.metrics_url, endpoint.headers)
     progress.close()
-    records = sorted((t.result() for t in done), key=lambda r: r.index)
-    return PassResult(records, duration, len(pending))
+    records.sort(key=lambda r: (r.index, r.turn))
+    cache = cache_delta(before, after) if before is not None and after is not None else None
+    return PassResult(records, duration, total - len(records), cache)
 
 
 async def warm_up(endpoint: Endpoint, request: Request, stream: bool, timeout_s: float) -> None:

@@ -1,6 +1,6 @@
 """Pure statistics over request records: latency percentiles, throughput, RTFx, goodput,
-TTFT by audio length, a sweep's saturation point, and primary/compare ratios. Records
-hold seconds; summaries report latencies in milliseconds."""
+TTFT by audio length, latencies per conversation turn, a sweep's saturation point, and
+primary/compare ratios. Records hold seconds; summaries report latencies in milliseconds."""
 
 from collections import Counter
 from collections.abc import Sequence
@@ -44,6 +44,28 @@ def ttft_by_audio_length(records: Sequence[RequestRecord]) -> list[dict[str, Any
     ]
 
 
+def per_turn(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
+    """For each turn of the conversations (--turns), its completed and failed requests,
+    their mean prompt length and TTFT and E2E latency distributions: a server that reuses
+    the cached audio and history answers turns 2+ sooner, though their prompts are longer."""
+    rows: list[dict[str, Any]] = []
+    for turn in sorted({r.turn for r in records}):
+        these = [r for r in records if r.turn == turn]
+        done = [r for r in these if r.ok]
+        prompts = [r.prompt_tokens for r in done if r.prompt_tokens is not None]
+        rows.append(
+            {
+                "turn": turn,
+                "count": len(done),
+                "failed": len(these) - len(done),
+                "prompt_tokens_mean": sum(prompts) / len(prompts) if prompts else None,
+                "ttft_ms": distribution([r.ttft_s for r in done if r.ttft_s is not None]),
+                "e2el_ms": distribution([r.e2el_s for r in done if r.e2el_s is not None]),
+            }
+        )
+    return rows
+
+
 def meets_slo(record: RequestRecord, slo_ttft_ms: float | None, slo_e2el_ms: float | None) -> bool:
     """Completed within every SLO given; a TTFT SLO fails when no TTFT was measured."""
     if not record.ok:
@@ -81,13 +103,15 @@ def summarize(
     slo_e2el_ms: float | None = None,
 ) -> dict[str, Any]:
     """One pass: counts, throughputs over its wall time, and latency distributions of the
-    completed requests. `unfinished`: requests cut off by --max-duration."""
+    completed requests. `unfinished`: requests cut off by --max-duration or never sent."""
     done = [r for r in records if r.ok]
 
     def per_second(total: float) -> float | None:
         return total / duration_s if duration_s > 0 else None
 
-    audio_seconds = sum(r.audio_seconds for r in done)
+    # A conversation's audio counts once, at its first turn: later turns resend it for
+    # the server to find in its caches, and counting it again would inflate RTFx.
+    audio_seconds = sum(r.audio_seconds for r in done if r.turn == 1)
     completion_tokens = sum(r.completion_tokens or 0 for r in done)
     return {
         "completed": len(done),
@@ -108,6 +132,7 @@ def summarize(
         "itl_ms": distribution([gap for r in done for gap in r.itl_s]),
         "e2el_ms": distribution([r.e2el_s for r in done if r.e2el_s is not None]),
         "ttft_by_audio_length": ttft_by_audio_length(done),
+        "per_turn": per_turn(records),
     }
 
 

@@ -28,6 +28,15 @@ SPEECH_TEXT = (
     "The weather report says it will rain on Tuesday, so bring an umbrella to the meeting."
 )
 _PLACEHOLDER = "@@AUDIO@@"
+# Multi-turn conversations (--turns): turn 1 asks --prompt, turns 2, 3, ... ask these in
+# order, cycling. Short, so that each turn's new text is small next to the cached history.
+FOLLOW_UPS = (
+    "What is the main source of sound?",
+    "Summarize it in one sentence.",
+    "What is the mood of the audio?",
+    "What happens at the end?",
+    "Is there any background noise?",
+)
 # An inaudible per-request signature, so that no two requests carry the same audio: vLLM
 # keys its multimodal, encoder and prefix caches on the decoded samples, and a repeated
 # clip would be served from cache and flatter every number.
@@ -142,11 +151,48 @@ def _signature(number: int) -> np.ndarray:
     return (np.array(digits) - 32).astype("<i2")
 
 
+def questions(first: str, turns: int) -> tuple[str, ...]:
+    """One question per turn: `first`, then the follow-ups in order, cycling."""
+    return (first, *(FOLLOW_UPS[i % len(FOLLOW_UPS)] for i in range(turns - 1)))
+
+
 @dataclass(frozen=True)
 class Request:
-    index: int
+    index: int  # the conversation's: all turns about one audio share it
     audio_seconds: float
     body: tuple[bytes | memoryview, ...]  # joined when sent; the clip's base64 is shared
+    turn: int = 1
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Questions about one signed audio, one per turn. Like an OpenAI client, each turn
+    resends the whole history: the audio with the first question, then every earlier answer
+    and the next question, so a server can serve all but the new text from its caches."""
+
+    index: int
+    audio_seconds: float
+    fields: dict[str, Any]  # request fields other than the messages
+    audio: tuple[bytes | memoryview, ...]  # base64 parts, joined when sent
+    fmt: str
+    questions: tuple[str, ...]
+
+    def request(self, answers: list[str]) -> Request:
+        """The request of turn len(answers) + 1, after the server's `answers` so far."""
+        audio_part = {
+            "type": "input_audio",
+            "input_audio": {"data": _PLACEHOLDER, "format": self.fmt},
+        }
+        first = [audio_part, {"type": "text", "text": self.questions[0]}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": first}]
+        for answer, question in zip(answers, self.questions[1 : len(answers) + 1], strict=True):
+            messages.append({"role": "assistant", "content": answer})
+            messages.append({"role": "user", "content": question})
+        text = json.dumps(self.fields | {"messages": messages})
+        # The audio comes before any answer, and an answer may, however unlikely, hold
+        # the placeholder text too: split at the first.
+        head, tail = (part.encode() for part in text.split(_PLACEHOLDER, 1))
+        return Request(self.index, self.audio_seconds, (head, *self.audio, tail), len(answers) + 1)
 
 
 class Workload:
@@ -184,15 +230,14 @@ class Workload:
         return len(set(self._keys))
 
     def requests(self, fields: dict[str, Any], count: int | None = None) -> list[Request]:
-        """Bodies (the request `fields` plus the messages) for one pass over the first `count`
-        (default all) lengths, each signed with a number no earlier pass used."""
-        audio_part = {
-            "type": "input_audio",
-            "input_audio": {"data": _PLACEHOLDER, "format": self.fmt},
-        }
-        content = [audio_part, {"type": "text", "text": self.prompt}]
-        text = json.dumps(fields | {"messages": [{"role": "user", "content": content}]})
-        head, tail = (part.encode() for part in text.split(_PLACEHOLDER))
+        """Single-turn requests over the first `count` (default all) lengths."""
+        return [c.request([]) for c in self.conversations(fields, 1, count)]
+
+    def conversations(
+        self, fields: dict[str, Any], turns: int, count: int | None = None
+    ) -> list[Conversation]:
+        """Conversations of `turns` turns for one pass over the first `count` (default all)
+        lengths, each about audio signed with a number no earlier pass used."""
         keys = self._keys[:count]
         first = self._next_signature
         self._next_signature += len(keys)
@@ -204,8 +249,9 @@ class Workload:
         else:
             progress = tqdm(keys, desc=f"encoding {self.fmt}", unit="clip")
             audio = [(self._signed_compressed(key, first + i),) for i, key in enumerate(progress)]
+        asked = questions(self.prompt, turns)
         return [
-            Request(i, key[0], (head, *parts, tail))
+            Conversation(i, key[0], fields, parts, self.fmt, asked)
             for i, (key, parts) in enumerate(zip(keys, audio, strict=True))
         ]
 

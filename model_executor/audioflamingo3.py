@@ -8,6 +8,7 @@ the prefill of vLLM's own paged-attention Qwen2 decoder.
 from collections.abc import Iterable
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import (
@@ -33,6 +34,7 @@ from af3_model_executor.processing import (
     AF3MultiModalProcessor,
     AF3ProcessingInfo,
 )
+from af3_model_executor.think_adapter import AUDIO_VARIANTS, THINK_PROJECTOR_CONFIG_KEY
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -60,12 +62,11 @@ class AF3ServeForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP
             self.audio_tower = AF3AudioEncoder(
                 vllm_config, config.audio_config, prefix=maybe_prefix(prefix, "audio_tower")
             )
-            self.multi_modal_projector = AF3Projector(
-                config.audio_config.hidden_size,
-                config.text_config.hidden_size,
-                config.projector_hidden_act,
-                config.projector_bias,
-                prefix=maybe_prefix(prefix, "multi_modal_projector"),
+            self.multi_modal_projector = self._projector(prefix, "multi_modal_projector")
+            # Thinking mode's retrained adaptor, when its adapter ships one.
+            self.think_projector_file = getattr(config, THINK_PROJECTOR_CONFIG_KEY, None)
+            self.think_projector = (
+                self._projector(prefix, "think_projector") if self.think_projector_file else None
             )
 
         with self._mark_language_model(vllm_config):
@@ -76,6 +77,16 @@ class AF3ServeForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP
                 architectures=["Qwen2ForCausalLM"],
             )
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
+
+    def _projector(self, prefix: str, name: str) -> AF3Projector:
+        config = self.config
+        return AF3Projector(
+            config.audio_config.hidden_size,
+            config.text_config.hidden_size,
+            config.projector_hidden_act,
+            config.projector_bias,
+            prefix=maybe_prefix(prefix, name),
+        )
 
     def get_mm_mapping(self) -> MultiModelKeys:
         return MultiModelKeys.from_string_field(
@@ -92,9 +103,16 @@ class AF3ServeForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP
         audios = list(audio_pcm)  # a list, or a stacked tensor when lengths agree
         windows, frame_counts = self.log_mel.split_windows(audios)
         tokens = self.audio_tower(self.log_mel(windows), frame_counts)
-        embeddings = self.multi_modal_projector(tokens)
         counts = [self.audio_spec.num_audio_tokens(audio.numel()) for audio in audios]
-        return torch.split(embeddings, counts)
+        if self.think_projector is None:
+            return torch.split(self.multi_modal_projector(tokens), counts)
+        think = AUDIO_VARIANTS.index("think")
+        variants = kwargs.get("audio_variant")
+        variants = [0] * len(audios) if variants is None else [int(v) for v in variants]
+        return [
+            (self.think_projector if variant == think else self.multi_modal_projector)(t)
+            for t, variant in zip(torch.split(tokens, counts), variants, strict=True)
+        ]
 
     def forward(
         self,
@@ -114,4 +132,12 @@ class AF3ServeForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self).load_weights(weights)
+        loaded = AutoWeightsLoader(self).load_weights(weights)
+        if self.think_projector is not None:
+            think = load_file(self.think_projector_file)
+            names = AutoWeightsLoader(self.think_projector).load_weights(
+                (name.removeprefix("multi_modal_projector."), tensor)
+                for name, tensor in think.items()
+            )
+            loaded |= {f"think_projector.{name}" for name in names}
+        return loaded

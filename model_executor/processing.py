@@ -25,6 +25,7 @@ from vllm.multimodal.processing import (
 )
 
 from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.think_adapter import AUDIO_VARIANT_KWARG, AUDIO_VARIANTS
 
 AUDIO_TOKEN = "<sound>"
 # Audios per prompt unless the operator sets --limit-mm-per-prompt.
@@ -86,17 +87,26 @@ class AF3MultiModalProcessor(BaseMultiModalProcessor[AF3ProcessingInfo]):
     def _call_hf_processor(
         self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
     ) -> BatchFeature:
+        variant = hf_kwargs.get(AUDIO_VARIANT_KWARG, "base")
+        if variant not in AUDIO_VARIANTS:
+            raise ValueError(f"{AUDIO_VARIANT_KWARG} must be one of {AUDIO_VARIANTS}")
         pcm = []
         for audio in hf_data.get("audio", []):
             samples = np.asarray(audio, dtype=np.float32).reshape(-1)
             self.info.audio_spec.check_length(samples.size)
             pcm.append(torch.from_numpy(samples))
-        return BatchFeature({"audio_pcm": pcm})
+        # Which adaptor each audio goes through; part of the cache keys, as vLLM hashes
+        # processor kwargs with the audio.
+        variants = [torch.tensor(AUDIO_VARIANTS.index(variant))] * len(pcm)
+        return BatchFeature({"audio_pcm": pcm, "audio_variant": variants})
 
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
     ) -> Mapping[str, MultiModalFieldConfig]:
-        return {"audio_pcm": MultiModalFieldConfig.batched("audio")}
+        return {
+            "audio_pcm": MultiModalFieldConfig.batched("audio"),
+            "audio_variant": MultiModalFieldConfig.batched("audio"),
+        }
 
     def _get_prompt_updates(
         self,

@@ -151,7 +151,41 @@ def official_key(hf_key: str) -> str:
     raise KeyError(f"unexpected parameter {hf_key}")
 
 
-def build_checkpoint(out_dir: Path, preset_name: str = "tiny", seed: int = 0) -> Path:
+def build_think_adapter(
+    model: AudioFlamingo3ForConditionalGeneration, out_dir: Path, preset: Preset, seed: int
+) -> None:
+    """A thinking-mode adapter shaped like AF3's `think/` folder: a PEFT LoRA (rank 8,
+    alpha 16) on every linear layer of the decoder, none on the encoder or adaptor, and a
+    `non_lora_trainables.bin` holding a retrained adaptor. The LoRA B matrices are random
+    (PEFT starts them at zero), so the adapter changes the model's answers."""
+    from peft import LoraConfig, get_peft_model
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    config = LoraConfig(
+        r=8,
+        lora_alpha=16,
+        target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+    )
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * preset.init_range)
+    peft_model.save_pretrained(out_dir)
+    (out_dir / "README.md").unlink()  # PEFT's blank model card
+
+    projector = {
+        f"base_model.model.{name}": torch.randn(param.shape, generator=generator)
+        * preset.init_range
+        for name, param in model.named_parameters()
+        if name.startswith("model.multi_modal_projector.")
+    }
+    torch.save(projector, out_dir / "non_lora_trainables.bin")
+
+
+def build_checkpoint(
+    out_dir: Path, preset_name: str = "tiny", seed: int = 0, think: bool = False
+) -> Path:
     preset = PRESETS[preset_name]
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(out_dir)
@@ -179,8 +213,11 @@ def build_checkpoint(out_dir: Path, preset_name: str = "tiny", seed: int = 0) ->
         max_audio_len=600,
     )
     processor.save_pretrained(out_dir)
+    if think:
+        build_think_adapter(model, out_dir / "think", preset, seed)
     (out_dir / "AF3_TINY_CHECKPOINT.json").write_text(
-        json.dumps({"preset": preset_name, "seed": seed, "random_weights": True}) + "\n"
+        json.dumps({"preset": preset_name, "seed": seed, "think": think, "random_weights": True})
+        + "\n"
     )
     return out_dir
 
@@ -190,9 +227,29 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--think", action="store_true", help="add a thinking-mode adapter in think/ (needs peft)"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=["hf", "original"],
+        default="hf",
+        help="hf: nvidia/audio-flamingo-3-hf; original: NVIDIA's llava-style llm/, "
+        "sound_tower/, sound_mm_projector/ (think/ becomes stage35/)",
+    )
     args = parser.parse_args()
-    path = build_checkpoint(args.out_dir, args.preset, args.seed)
-    print(f"wrote random-weight AF3 checkpoint ({args.preset}) to {path}")
+    if args.layout == "hf":
+        path = build_checkpoint(args.out_dir, args.preset, args.seed, args.think)
+    else:
+        # Imported here: original_layout imports this module.
+        import tempfile
+
+        from af3_model_executor.original_layout import write_original_layout
+
+        with tempfile.TemporaryDirectory() as tmp:
+            hf_dir = build_checkpoint(Path(tmp), args.preset, args.seed, args.think)
+            path = write_original_layout(hf_dir, args.out_dir)
+    print(f"wrote random-weight AF3 checkpoint ({args.preset}, {args.layout} layout) to {path}")
 
 
 if __name__ == "__main__":

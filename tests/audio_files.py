@@ -27,3 +27,10 @@ def b64(audio: np.ndarray, fmt: str = "wav", rate: int = 16000) -> str:
 
 def audio_part(audio: np.ndarray, fmt: str = "wav", rate: int = 16000) -> dict:
     return {"type": "input_audio", "input_audio": {"data": b64(audio, fmt, rate), "format": fmt}}
+
+
+def as_sent(audio: np.ndarray, fmt: str = "wav") -> np.ndarray:
+    """The samples the server decodes from `audio_part(audio, fmt)`: 16-bit rounding
+    moves greedy answers of the random-weight model, so references get these."""
+    decoded, _ = sf.read(io.BytesIO(encode(audio, fmt)), dtype="float32")
+    return decoded

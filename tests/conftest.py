@@ -25,11 +25,12 @@ PYANNOTE_WHEEL = "pyannote-audio==4.0.7"
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Path:
+    """The tiny AF3 with its thinking adapter in think/, as the HF port ships it."""
     from af3_model_executor.tiny_checkpoint import build_checkpoint
 
-    path = CACHE / "tiny-af3"
-    if not (path / "model.safetensors").exists():
-        build_checkpoint(path, "tiny")
+    path = CACHE / "tiny-af3-think"
+    if not (path / "AF3_TINY_CHECKPOINT.json").exists():
+        build_checkpoint(path, "tiny", think=True)
     return path
 
 

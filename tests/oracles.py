@@ -55,6 +55,21 @@ class HFReference:
         return out[0, inputs["input_ids"].shape[1] :].tolist()
 
 
+class HFThinkReference(HFReference):
+    """The same model with the thinking adapter as its release loads it: PEFT's LoRA, then
+    `non_lora_trainables.bin` into the PEFT model, every key of it used."""
+
+    def __init__(self, checkpoint: Path, think_dir: Path) -> None:
+        from peft import PeftModel
+
+        super().__init__(checkpoint)
+        self.model = PeftModel.from_pretrained(self.model, think_dir).eval()
+        non_lora = torch.load(think_dir / "non_lora_trainables.bin", weights_only=True)
+        assert non_lora, "the tiny adapter must retrain something besides the LoRA"
+        result = self.model.load_state_dict(non_lora, strict=False)
+        assert not result.unexpected_keys, result.unexpected_keys
+
+
 def builtin_vllm_generate(
     checkpoint: Path, prompt: str, audios: list[np.ndarray], max_tokens: int, workdir: Path
 ) -> tuple[list[list[int]], str]:

@@ -47,6 +47,8 @@ def start_server(checkpoint: Path, log: Path, *extra: str) -> ServerProcess:
         "32768",
         "--max-num-batched-tokens",
         "16384",
+        "--cache-dir",
+        str(log.parent / "af3-cache"),
         *extra,
     )
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}

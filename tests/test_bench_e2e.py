@@ -27,17 +27,32 @@ SUMMARY_KEYS = {
 }
 
 
-def bench(url: str, out_dir: Path, *extra: str) -> tuple[dict, str]:
+def run_bench(out_dir: Path, *args: str) -> tuple[dict, str]:
     command = [
         sys.executable,
         "-m",
         "benchmarks.cli",
-        "--url",
-        url,
         "--model",
         MODEL,
         "--api-key",
         API_KEY,
+        "--out-dir",
+        str(out_dir),
+        *args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    text = (out_dir / "summary.json").read_text()
+    assert API_KEY not in text
+    return json.loads(text), done.stdout
+
+
+def bench(url: str, out_dir: Path, *extra: str) -> tuple[dict, str]:
+    """Four short clips against `url` twice, as primary and as compare."""
+    return run_bench(
+        out_dir,
+        "--url",
+        url,
         "--compare",
         url,
         "--num-requests",
@@ -47,15 +62,8 @@ def bench(url: str, out_dir: Path, *extra: str) -> tuple[dict, str]:
         "--max-tokens",
         "8",
         "--ignore-eos",
-        "--out-dir",
-        str(out_dir),
         *extra,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    text = (out_dir / "summary.json").read_text()
-    assert API_KEY not in text
-    return json.loads(text), done.stdout
+    )
 
 
 def check_summary(s: dict, streamed: bool) -> None:
@@ -131,3 +139,56 @@ def test_one_step_compare_without_streaming(server, tmp_path: Path) -> None:
     assert summary["comparison"]["rtfx"] > 0 and summary["comparison"]["ttft_ms.p50"] is None
     check_pngs(out, ["ttft_cdf.png", "ttft_by_audio_length.png"])
     assert not (out / "latency_vs_throughput.png").exists()
+
+
+def test_multi_turn_conversations_reuse_the_cached_audio(server, tmp_path: Path) -> None:
+    """Turns 2 and 3 resend the first turn's audio and the history: the server's prefix
+    cache must serve them, and its multimodal cache must find the audio again."""
+    out = tmp_path / "turns"
+    summary, stdout = run_bench(
+        out,
+        "--url",
+        server.url,
+        "--compare",
+        server.url,
+        "--turns",
+        "3",
+        "--num-requests",
+        "2",
+        "--audio-seconds",
+        "20",
+        "--max-tokens",
+        "4",
+        "--ignore-eos",
+    )
+    assert summary["workload"]["turns"] == 3 and len(summary["workload"]["questions"]) == 3
+    for name in ("primary", "compare"):
+        s = summary[name]
+        assert (s["completed"], s["failed"], s["unfinished"]) == (6, 0, 0)
+        assert s["total_audio_seconds"] == 40  # each conversation's audio counted once
+        turns = s["per_turn"]
+        assert [(t["turn"], t["count"], t["failed"]) for t in turns] == [
+            (1, 2, 0),
+            (2, 2, 0),
+            (3, 2, 0),
+        ]
+        assert all(t["ttft_ms"]["p50"] > 0 and t["e2el_ms"]["p99"] > 0 for t in turns)
+        prompts = [t["prompt_tokens_mean"] for t in turns]
+        assert prompts[0] < prompts[1] < prompts[2]  # each turn resends the history
+        prefix, mm = s["cache"]["prefix_cache"], s["cache"]["mm_cache"]
+        # The 4 later turns each find at least their audio in the prefix cache (hits come
+        # in whole KV blocks of the shared prefix: 512 tokens for 500 audio tokens here).
+        audio_tokens_per_request = s["total_audio_tokens"] / 6
+        assert prefix["hits"] >= 4 * audio_tokens_per_request, prefix
+        assert mm["queries"] == 6 and mm["hits"] == 4, mm
+    assert "turn  endpoint" in stdout and "prefix cache hits / queries (tokens)" in stdout
+
+    records = json.loads((out / "requests.json").read_text())
+    assert sorted((r["endpoint"], r["index"], r["turn"]) for r in records) == [
+        (name, index, turn)
+        for name in ("compare", "primary")
+        for index in (0, 1)
+        for turn in (1, 2, 3)
+    ]
+    assert all(r["ok"] and r["completion_tokens"] == 4 for r in records)
+    assert all(isinstance(r["answer"], str) for r in records)

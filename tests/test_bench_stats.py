@@ -1,32 +1,40 @@
-"""af3-bench's pure parts on known inputs: statistics, arrival schedules, request bodies."""
+"""af3-bench's pure parts on known inputs: statistics, arrival schedules, request bodies,
+cache counters; and one pass of conversations against a fake server."""
 
 import base64
 import io
 import json
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
+from benchmarks import runner
 from benchmarks.cli import redacted_command
 from benchmarks.client import RequestRecord, tpot
 from benchmarks.load_shapes import arrival_offsets
+from benchmarks.server_metrics import cache_delta, parse_counters, read_counters
 from benchmarks.stats import (
     distribution,
     goodput,
     length_bucket,
+    per_turn,
     ratios,
     saturation_point,
     summarize,
     ttft_by_audio_length,
 )
-from benchmarks.workload import AudioSource, Workload, draw_lengths
+from benchmarks.workload import FOLLOW_UPS, AudioSource, Workload, draw_lengths, questions
 
 
-def done(audio_s: float, ttft_s: float | None, e2el_s: float, tokens: int = 2) -> RequestRecord:
+def done(
+    audio_s: float, ttft_s: float | None, e2el_s: float, tokens: int = 2, turn: int = 1
+) -> RequestRecord:
     return RequestRecord(
         index=0,
         audio_seconds=audio_s,
+        turn=turn,
         ok=True,
         status=200,
         ttft_s=ttft_s,
@@ -36,8 +44,8 @@ def done(audio_s: float, ttft_s: float | None, e2el_s: float, tokens: int = 2) -
     )
 
 
-def failed(status: int | None) -> RequestRecord:
-    return RequestRecord(index=0, audio_seconds=100.0, status=status, error="boom")
+def failed(status: int | None, turn: int = 1) -> RequestRecord:
+    return RequestRecord(index=0, audio_seconds=100.0, turn=turn, status=status, error="boom")
 
 
 def test_distribution_is_mean_and_linear_percentiles_in_ms() -> None:
@@ -199,3 +207,167 @@ def test_api_keys_are_masked_in_the_recorded_command() -> None:
     assert redacted_command(command) == (
         "af3-bench --api-key '***' '--compare-api-key=***' --url u"
     )
+
+
+def test_per_turn_splits_latencies_by_turn() -> None:
+    records = [done(20.0, 0.4, 1.0), done(20.0, 0.6, 1.2), failed(500)]
+    records += [done(20.0, 0.1, 0.5, turn=2), failed(None, turn=2), done(20.0, 0.05, 0.3, turn=3)]
+    records[0].prompt_tokens, records[1].prompt_tokens = 500, 600
+    records[3].prompt_tokens = 580
+    rows = per_turn(records[::-1])  # in any order
+    assert [(r["turn"], r["count"], r["failed"]) for r in rows] == [(1, 2, 1), (2, 1, 1), (3, 1, 0)]
+    assert [r["prompt_tokens_mean"] for r in rows] == [550.0, 580.0, None]
+    assert rows[0]["ttft_ms"] == pytest.approx(
+        {"mean": 500.0, "p50": 500.0, "p90": 580.0, "p99": 598.0}
+    )
+    assert rows[1]["e2el_ms"] == pytest.approx(
+        {"mean": 500.0, "p50": 500.0, "p90": 500.0, "p99": 500.0}
+    )
+    assert rows[2]["ttft_ms"]["p50"] == pytest.approx(50.0)
+    assert per_turn([]) == []
+
+
+def test_a_conversation_audio_counts_once_in_rtfx() -> None:
+    records = [done(20.0, 0.4, 1.0), done(20.0, 0.1, 0.5, turn=2), done(20.0, 0.1, 0.5, turn=3)]
+    s = summarize(records, duration_s=2.0)
+    assert s["completed"] == 3 and s["total_audio_seconds"] == 20.0
+    assert s["rtfx"] == pytest.approx(10.0)
+    assert [t["turn"] for t in s["per_turn"]] == [1, 2, 3]
+
+
+def test_turns_resend_the_audio_and_every_earlier_answer() -> None:
+    assert questions("Q?", 1) == ("Q?",)
+    assert questions("Q?", len(FOLLOW_UPS) + 2) == ("Q?", *FOLLOW_UPS, FOLLOW_UPS[0])
+    workload = Workload(AudioSource("tone", None, 0), [2.0, 2.0], "wav", "Q?", False)
+    first, second = workload.conversations({"model": "m"}, turns=3)
+    assert first.questions == ("Q?", FOLLOW_UPS[0], FOLLOW_UPS[1])
+    turns = [first.request([]), first.request(["A1"]), first.request(["A1", "A2"])]
+    assert [(r.index, r.turn) for r in turns] == [(0, 1), (0, 2), (0, 3)]
+    audio, _, body = _audio_of(b"".join(turns[2].body))
+    assert body["model"] == "m"
+    assert [m["role"] for m in body["messages"]] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert body["messages"][0]["content"][1] == {"type": "text", "text": "Q?"}
+    assert body["messages"][1:] == [
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": FOLLOW_UPS[0]},
+        {"role": "assistant", "content": "A2"},
+        {"role": "user", "content": FOLLOW_UPS[1]},
+    ]
+    # The same audio on every turn of a conversation, different audio in another.
+    assert all(_audio_of(b"".join(r.body))[0].tobytes() == audio.tobytes() for r in turns)
+    assert _audio_of(b"".join(second.request([]).body))[0].tobytes() != audio.tobytes()
+    with pytest.raises(ValueError):
+        first.request(["A1", "A2", "A3"])  # a fourth turn was never planned
+
+
+METRICS = """# HELP vllm:prefix_cache_queries_total Prefix cache queries.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="m"} 1000.0
+vllm:prefix_cache_queries_total{engine="1",model_name="m"} 200.0
+vllm:prefix_cache_queries_created{engine="0",model_name="m"} 1.7e+09
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="m"} 512.0
+vllm:prefix_cache_hits_total{engine="1",model_name="m"} 0.0
+# TYPE vllm:mm_cache_queries_total counter
+vllm:mm_cache_queries_total{engine="0",model_name="m"} 6.0
+# TYPE vllm:mm_cache_hits_total counter
+vllm:mm_cache_hits_total{engine="0",model_name="m"} 4.0
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="m"} 9999.0
+"""
+
+
+def test_cache_counters_are_summed_over_engines() -> None:
+    assert parse_counters(METRICS) == {
+        "vllm:prefix_cache_queries_total": 1200.0,
+        "vllm:prefix_cache_hits_total": 512.0,
+        "vllm:mm_cache_queries_total": 6.0,
+        "vllm:mm_cache_hits_total": 4.0,
+    }
+    assert parse_counters("# no metrics here\n") == {}
+    with pytest.raises(ValueError):
+        parse_counters("<html>not found</html>")
+
+
+def test_cache_delta_is_hits_and_queries_between_readings() -> None:
+    before = parse_counters(METRICS)
+    after = before | {
+        "vllm:prefix_cache_queries_total": 2200.0,
+        "vllm:prefix_cache_hits_total": 1262.0,
+    }
+    delta = cache_delta(before, after)
+    assert delta["prefix_cache"] == {
+        "unit": "tokens",
+        "queries": 1000.0,
+        "hits": 750.0,
+        "hit_rate": 0.75,
+    }
+    assert delta["mm_cache"] == {"unit": "items", "queries": 0.0, "hits": 0.0, "hit_rate": None}
+    no_mm = {k: v for k, v in after.items() if not k.startswith("vllm:mm_")}
+    assert cache_delta(before, no_mm)["mm_cache"] is None
+    assert cache_delta({}, {}) == {"prefix_cache": None, "mm_cache": None}
+
+
+@pytest.mark.parametrize("status, text", [(401, "Unauthorized"), (200, "<html>a page</html>")])
+async def test_unreadable_metrics_warn_and_give_none(status: int, text: str, capsys) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(status, text=text))
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert await read_counters(client, "http://x/metrics", {}) is None
+    assert "warning: no cache counters from http://x/metrics" in capsys.readouterr().err
+
+
+async def test_a_failed_turn_ends_its_conversation(monkeypatch) -> None:
+    """One pass of two 3-turn conversations against a fake server whose first turn-2
+    request fails: that conversation stops, the other goes on with its own answers."""
+    bodies: list[dict] = []
+    metrics_reads = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal metrics_reads
+        if request.url.path == "/metrics":  # read before and after the pass
+            metrics_reads += 1
+            queries, hits = 200 * metrics_reads, 100 * metrics_reads
+            text = (
+                f"vllm:prefix_cache_queries_total {queries}\nvllm:prefix_cache_hits_total {hits}\n"
+            )
+            return httpx.Response(200, text=text)
+        assert request.headers["authorization"] == "Bearer k"
+        body = json.loads(request.content)
+        bodies.append(body)
+        turn = (len(body["messages"]) + 1) // 2
+        if turn == 2 and all(len(b["messages"]) != 3 for b in bodies[:-1]):
+            return httpx.Response(500, json={"error": {"message": "boom"}})
+        answer = {"message": {"role": "assistant", "content": f"answer {len(bodies)}"}}
+        usage = {"prompt_tokens": 10 * turn, "completion_tokens": 1}
+        return httpx.Response(200, json={"choices": [answer], "usage": usage})
+
+    def client(timeout_s: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+
+    monkeypatch.setattr(runner, "_client", client)
+    workload = Workload(AudioSource("tone", None, 0), [1.0, 1.0], "wav", "Q?", False)
+    endpoint = runner.Endpoint("primary", "http://fake", "m", "k")
+    result = await runner.run_pass(
+        endpoint, workload.conversations({}, 3), [0.0, 0.0], 1, None, False, 60.0, "test"
+    )
+    assert [(r.index, r.turn, r.ok) for r in result.records] == [
+        (0, 1, True),
+        (0, 2, False),
+        (1, 1, True),
+        (1, 2, True),
+        (1, 3, True),
+    ]
+    assert result.unfinished == 1  # conversation 0's third turn, never sent
+    assert result.records[3].answer == "answer 4" and result.records[3].prompt_tokens == 20
+    # Conversation 1's third turn carries its own two answers.
+    assert [m["content"] for m in bodies[-1]["messages"][1::2]] == ["answer 3", "answer 4"]
+    assert result.cache == {
+        "prefix_cache": {"unit": "tokens", "queries": 200.0, "hits": 100.0, "hit_rate": 0.5},
+        "mm_cache": None,  # not exported by this server
+    }

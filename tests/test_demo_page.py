@@ -11,9 +11,11 @@ from fastapi.testclient import TestClient
 
 from af3_serve.app import create_app
 from af3_serve.config import parse_args
+from af3_serve.model_files import ModelFiles
 from tests.server import API_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_FILES = ModelFiles("none", None)  # the page needs no model
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -35,7 +37,7 @@ def paths(app) -> set[str]:
 
 def test_page_and_assets_are_served_without_the_engine() -> None:
     # No `with`: the lifespan (and so the engine) never starts; the page needs neither.
-    client = TestClient(create_app(parse_args(["--model", "none"]), lambda: None))
+    client = TestClient(create_app(parse_args(["--model", "none"]), NO_FILES, lambda: None))
     page = client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -47,8 +49,8 @@ def test_page_and_assets_are_served_without_the_engine() -> None:
 
 
 def test_no_demo_page_switch_and_nothing_added_under_v1() -> None:
-    with_page = create_app(parse_args(["--model", "none"]), lambda: None)
-    without = create_app(parse_args(["--model", "none", "--no-demo-page"]), lambda: None)
+    with_page = create_app(parse_args(["--model", "none"]), NO_FILES, lambda: None)
+    without = create_app(parse_args(["--model", "none", "--no-demo-page"]), NO_FILES, lambda: None)
     assert paths(with_page) - paths(without) == {"/", "/demo"}
     assert TestClient(without).get("/").status_code == 404
 
@@ -81,7 +83,7 @@ def test_upload_ask_stream_and_follow_up_in_chromium(browser, server, espeak_wav
     page.locator("#api-key").dispatch_event("change")
     expect(page.locator("#model")).to_have_text("audio-flamingo-3")
     expect(page.locator("#error")).to_be_hidden()
-    expect(page.locator("#think-row")).to_be_hidden()  # no "-think" model served
+    expect(page.locator("#think-row")).to_be_visible()  # the session server has a "-think" model
     assert page.evaluate("sessionStorage.getItem('af3-api-key')") == API_KEY
 
     page.click("summary")
@@ -142,11 +144,10 @@ def test_microphone_recording_is_sent_as_wav(browser, server) -> None:
 
 
 def test_thinking_toggle_for_a_think_model(browser, server) -> None:
-    """With a "-think" model listed, the toggle shows and picks it with AF3's suffix.
-    The API is stubbed here, its events ending in CRLF as some proxies rewrite them."""
+    """With a "-think" model listed, the toggle shows and picks it (the server adds AF3's
+    thinking sentence). The API is stubbed here, its events ending in CRLF as some proxies
+    rewrite them."""
     from playwright.sync_api import expect
-
-    from af3_serve.tools.common import THINK_SUFFIX
 
     models = {"data": [{"id": "af3"}, {"id": "af3-think"}]}
     events = [
@@ -171,5 +172,5 @@ def test_thinking_toggle_for_a_think_model(browser, server) -> None:
     page.click("#send")
     expect(page.locator(".turn.assistant .answer")).to_have_text("Let me think.")
     assert sent[0]["model"] == "af3-think"
-    assert sent[0]["messages"][0]["content"] == [{"type": "text", "text": f"Why? {THINK_SUFFIX}"}]
+    assert sent[0]["messages"][0]["content"] == [{"type": "text", "text": "Why?"}]
     page.close()

@@ -1,20 +1,11 @@
-"""What af3-infer and af3-eval share: AF3's thinking suffix, audio parts, common flags."""
+"""What af3-infer and af3-eval share: audio parts, common flags."""
 
 import argparse
 import base64
 import os
 from pathlib import Path
 
-# AF3's release turns its thinking mode on with this sentence at the end of the question.
-THINK_SUFFIX = "Please think and reason about the input audio before you respond."
 SERVED_MODEL_NAME = "audio-flamingo-3"  # af3-serve's default --served-model-name
-
-
-def question(text: str, think: bool) -> str:
-    text = text.strip()
-    if think and not text.endswith(THINK_SUFFIX):
-        return f"{text} {THINK_SUFFIX}"
-    return text
 
 
 def audio_part(path: Path) -> dict:
@@ -44,10 +35,20 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--max-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--think", action="store_true", help=f'append "{THINK_SUFFIX}"')
+    p.add_argument(
+        "--think",
+        action="store_true",
+        help="AF3's thinking mode: its LoRA adapter and its sentence after the question",
+    )
 
 
 def sampling_body(args: argparse.Namespace) -> dict:
     """Chat-completions parameters from the sampling flags."""
     body = {"temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens}
     return body if args.seed is None else {**body, "seed": args.seed}
+
+
+def thinking_body(args: argparse.Namespace) -> dict:
+    """af3-serve's `thinking` field, for the openai client: the server then uses its
+    thinking adapter and appends AF3's sentence itself."""
+    return {"extra_body": {"thinking": True}} if args.think else {}

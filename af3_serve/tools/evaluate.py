@@ -25,8 +25,8 @@ from af3_serve.tools.common import (
     api_key,
     audio_part,
     base_url,
-    question,
     sampling_body,
+    thinking_body,
 )
 from af3_serve.tools.scoring import Scores, score
 
@@ -81,9 +81,9 @@ def audio_seconds(item: Item) -> float | None:
         return item.duration
 
 
-def request_content(item: Item, think: bool) -> list[dict]:
+def request_content(item: Item) -> list[dict]:
     parts = [audio_part(p) for p in item.sounds]
-    return [*parts, {"type": "text", "text": question(item.question, think)}]
+    return [*parts, {"type": "text", "text": item.question}]
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,13 @@ async def run(items: list[Item], args: argparse.Namespace, out: Path, progress: 
         nonlocal answered, failed, audio_total, latency_total
         for item in todo:  # one shared iterator: each item goes to one worker
             try:
-                content = await asyncio.to_thread(request_content, item, args.think)
+                content = await asyncio.to_thread(request_content, item)
                 sent = time.perf_counter()
                 reply = await client.chat.completions.create(
                     model=args.model,
                     messages=[{"role": "user", "content": content}],
                     **sampling_body(args),
+                    **thinking_body(args),
                 )
             except (openai.AuthenticationError, openai.NotFoundError):
                 raise  # a wrong key, model or URL fails every item alike: stop

@@ -19,8 +19,8 @@ from af3_serve.tools.common import (
     api_key,
     audio_part,
     base_url,
-    question,
     sampling_body,
+    thinking_body,
 )
 
 SAMPLE_RATE = 16000
@@ -80,6 +80,7 @@ def ask_server(args: argparse.Namespace, text: str, echo: bool) -> Answer:
         stream=True,
         stream_options={"include_usage": True},
         **sampling_body(args),
+        **thinking_body(args),
     )
     parts: list[str] = []
     finish_reason = None
@@ -114,14 +115,24 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
     from vllm import LLM, SamplingParams
     from vllm.platforms import current_platform
 
-    from af3_model_executor import HF_OVERRIDES
-    from af3_serve.config import DEFAULT_MODEL, EngineSettings
+    from af3_serve.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL, EngineSettings
+    from af3_serve.engine import model_engine_args
+    from af3_serve.model_files import ModelFilesError, resolve_model_files
+    from af3_serve.prompts import with_think_suffix
 
     audios = [librosa.load(path, sr=SAMPLE_RATE, mono=True)[0] for path in args.audio]
     settings = EngineSettings()
+    think_adapter = "auto" if args.think else "none"
+    try:
+        files = resolve_model_files(args.model or DEFAULT_MODEL, think_adapter, DEFAULT_CACHE_DIR)
+    except ModelFilesError as exc:
+        sys.exit(f"af3-infer: error: {exc}")
+    if args.think and files.think is None:
+        sys.exit(f"af3-infer: error: {files.model_dir} has no thinking adapter (think/)")
     llm = LLM(
-        args.model or DEFAULT_MODEL,
-        hf_overrides=HF_OVERRIDES,  # our model class, never vLLM's built-in AF3
+        files.model_dir,
+        # Our model class (never vLLM's built-in AF3), with the thinking LoRA if asked for.
+        **model_engine_args(files),
         dtype=args.dtype or ("float32" if current_platform.is_cpu() else "auto"),
         # One answer: compiling graphs and capturing CUDA graphs costs more than it saves.
         enforce_eager=True,
@@ -134,15 +145,20 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
     )
     # The checkpoint's chat template puts one <sound> per audio where the server would.
     content = [{"type": "audio"}] * len(audios) + [{"type": "text", "text": text}]
+    conversation = [{"role": "user", "content": content}]
+    if args.think:
+        conversation = with_think_suffix(conversation)
     prompt = llm.get_tokenizer().apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        conversation, tokenize=False, add_generation_prompt=True
     )
+    request = {"prompt": prompt, "multi_modal_data": {"audio": [(a, SAMPLE_RATE) for a in audios]}}
+    lora = None
+    if files.think is not None:
+        lora = files.think.lora_request("think")
+        if kwargs := files.think.mm_processor_kwargs():
+            request["mm_processor_kwargs"] = kwargs
     params = SamplingParams(**sampling_body(args))
-    (output,) = llm.generate(
-        {"prompt": prompt, "multi_modal_data": {"audio": [(a, SAMPLE_RATE) for a in audios]}},
-        params,
-        use_tqdm=False,
-    )
+    (output,) = llm.generate(request, params, use_tqdm=False, lora_request=lora)
     completion = output.outputs[0]
     audio_token_id = llm.llm_engine.model_config.hf_config.audio_token_id
     prompt_ids = output.prompt_token_ids or []
@@ -157,7 +173,7 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    text = question(args.text, args.think)
+    text = args.text.strip()
     if args.url:
         answer = ask_server(args, text, echo=not args.json)
     else:

@@ -1,8 +1,6 @@
 // The af3-serve demo page: no framework, no build step, only this server's /v1 API.
 "use strict";
 
-// AF3's release turns thinking mode on with this sentence after the question.
-const THINK_SUFFIX = "Please think and reason about the input audio before you respond.";
 const SAMPLE_RATE = 16000; // what the model hears; recordings are sent at this rate
 const KEY_STORAGE = "af3-api-key";
 
@@ -228,8 +226,8 @@ async function send(event) {
     const data = await readBase64(attached.blob);
     content.push({ type: "input_audio", input_audio: { data, format: attached.format } });
   }
-  const question = think ? `${text} ${THINK_SUFFIX}`.trim() : text;
-  if (question) content.push({ type: "text", text: question });
+  // The "-think" model: the server adds its adapter and AF3's thinking sentence.
+  if (text) content.push({ type: "text", text });
 
   addTurn("user", text, attached?.url);
   $("question").value = "";
