@@ -27,15 +27,13 @@ from tqdm import tqdm
 from transformers import (
     AudioFlamingo3Config,
     AudioFlamingo3ForConditionalGeneration,
-    AudioFlamingo3Processor,
     AutoTokenizer,
     GenerationConfig,
     PreTrainedTokenizerBase,
     Qwen2AudioEncoderConfig,
-    WhisperFeatureExtractor,
 )
 
-from af3_model_executor.tiny_checkpoint import official_key
+from af3_model_executor.tiny_checkpoint import official_key, save_processor
 
 logger = logging.getLogger("af3_serve.convert")
 
@@ -434,21 +432,7 @@ def _write_processor(tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
     """Tokenizer, feature extractor and chat template, as the server loads them; the
     tokenizer carries the template too, since the server renders prompts with it."""
     tokenizer.chat_template = CHAT_TEMPLATE
-    feature_extractor = WhisperFeatureExtractor(
-        feature_size=128,
-        sampling_rate=16000,
-        hop_length=160,
-        n_fft=400,
-        chunk_length=30,
-        return_attention_mask=True,
-    )
-    processor = AudioFlamingo3Processor(
-        feature_extractor=feature_extractor,
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-        max_audio_len=600,
-    )
-    processor.save_pretrained(folder)
+    save_processor(tokenizer, CHAT_TEMPLATE, folder)
 
 
 def _generation_config(src: Path, config: AudioFlamingo3Config) -> GenerationConfig:

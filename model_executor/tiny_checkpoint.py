@@ -17,6 +17,7 @@ from transformers import (
     AudioFlamingo3Config,
     AudioFlamingo3ForConditionalGeneration,
     AudioFlamingo3Processor,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     WhisperFeatureExtractor,
 )
@@ -183,6 +184,25 @@ def build_think_adapter(
     torch.save(projector, out_dir / "non_lora_trainables.bin")
 
 
+def save_processor(tokenizer: PreTrainedTokenizerBase, chat_template: str, out_dir: Path) -> None:
+    """AF3's processor files: Whisper features (128 mels, 30-s windows), 600 s at most."""
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128,
+        sampling_rate=16000,
+        hop_length=160,
+        n_fft=400,
+        chunk_length=30,
+        return_attention_mask=True,
+    )
+    processor = AudioFlamingo3Processor(
+        feature_extractor=feature_extractor,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        max_audio_len=600,
+    )
+    processor.save_pretrained(out_dir)
+
+
 def build_checkpoint(
     out_dir: Path, preset_name: str = "tiny", seed: int = 0, think: bool = False
 ) -> Path:
@@ -198,21 +218,7 @@ def build_checkpoint(
     config.save_pretrained(out_dir)
     model.generation_config.save_pretrained(out_dir)
 
-    feature_extractor = WhisperFeatureExtractor(
-        feature_size=128,
-        sampling_rate=16000,
-        hop_length=160,
-        n_fft=400,
-        chunk_length=30,
-        return_attention_mask=True,
-    )
-    processor = AudioFlamingo3Processor(
-        feature_extractor=feature_extractor,
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-        max_audio_len=600,
-    )
-    processor.save_pretrained(out_dir)
+    save_processor(tokenizer, CHAT_TEMPLATE, out_dir)
     if think:
         build_think_adapter(model, out_dir / "think", preset, seed)
     (out_dir / "AF3_TINY_CHECKPOINT.json").write_text(

@@ -146,3 +146,23 @@ def server(tiny_checkpoint: Path, media_dir: Path, tmp_path_factory) -> Iterator
     )
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="session")
+def client(server) -> "object":
+    """The official `openai` client on the session server."""
+    import openai
+
+    from tests.server import API_KEY
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture
+def aclient(server) -> "object":
+    """Per test: its connection pool belongs to the test's event loop."""
+    import openai
+
+    from tests.server import API_KEY
+
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)

@@ -7,23 +7,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import openai
-import pytest
 from transformers import AutoTokenizer
 from vllm import SamplingParams
 
 from tests.audio_files import as_sent, audio_part
 from tests.conftest import make_clip
 from tests.oracles import HFReference
-from tests.server import API_KEY
 from tests.test_think import answer_text
 
 MODEL = "audio-flamingo-3"
 MAX_TOKENS = 10
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
 
 
 def counter(server, name: str) -> float:

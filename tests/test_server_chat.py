@@ -6,7 +6,6 @@ from pathlib import Path
 import httpx
 import librosa
 import numpy as np
-import openai
 import pytest
 from vllm import SamplingParams
 
@@ -18,16 +17,6 @@ from tests.server import API_KEY
 
 MODEL = "audio-flamingo-3"
 QUESTION = "What is said in the audio?"
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def aclient(server) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
 
 
 def user(audio: np.ndarray, fmt: str = "wav", text: str = QUESTION) -> dict:
@@ -130,7 +119,14 @@ def test_streaming_with_usage_equals_non_streaming(client, speech) -> None:
     assert chunks[0].choices[0].delta.role == "assistant"
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "length"
-    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    assert chunks[-1].choices == []
+    usage, details = chunks[-1].usage, chunks[-1].usage.prompt_tokens_details
+    assert usage.model_dump(exclude={"prompt_tokens_details"}) == whole.usage.model_dump(
+        exclude={"prompt_tokens_details"}
+    )
+    assert details.audio_tokens == whole.usage.prompt_tokens_details.audio_tokens
+    # The same prompt again: the stream reuses the first request's cached blocks.
+    assert details.cached_tokens > 0
 
 
 def test_stream_ends_with_done(server, speech) -> None:

@@ -12,22 +12,11 @@ from af3_model_executor.think_adapter import THINK_SUFFIX
 from tests.audio_files import as_sent, audio_part
 from tests.conftest import make_clip
 from tests.oracles import HFReference, HFThinkReference, chat_prompt
-from tests.server import API_KEY
 
 MODEL = "audio-flamingo-3"
 THINK = "audio-flamingo-3-think"
 QUESTION = "What is said in the audio?"
 MAX_TOKENS = 12
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def aclient(server) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
 
 
 @pytest.fixture(scope="module")
