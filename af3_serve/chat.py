@@ -17,7 +17,12 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from af3_serve import metrics
 from af3_serve.admission import Ticket
 from af3_serve.cancellation import engine_errors, until_disconnect
-from af3_serve.dependencies import get_runtime, require_api_key
+from af3_serve.dependencies import (
+    CHAT_REQUEST_OPENAPI,
+    chat_request_body,
+    get_runtime,
+    require_api_key,
+)
 from af3_serve.errors import APIError
 from af3_serve.prompts import to_conversation
 from af3_serve.protocol import (
@@ -103,9 +108,16 @@ def _logprobs(output: CompletionOutput, top: int) -> ChoiceLogprobs | None:
     return ChoiceLogprobs(content=entries)
 
 
-@router.post("/v1/chat/completions", dependencies=[Depends(require_api_key)], response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    dependencies=[Depends(require_api_key)],
+    response_model=None,
+    openapi_extra=CHAT_REQUEST_OPENAPI,
+)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]
+    body: Annotated[ChatCompletionRequest, Depends(chat_request_body)],
+    request: Request,
+    runtime: Annotated[Runtime, Depends(get_runtime)],
 ) -> ChatCompletion | StreamingResponse:
     arrival = time.perf_counter()
     think = runtime.check_model(body.model, body.thinking)

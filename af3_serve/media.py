@@ -2,7 +2,6 @@
 http(s) hosts, or files under one allowed folder."""
 
 import asyncio
-import base64
 import binascii
 import ipaddress
 import socket
@@ -11,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import httpx
+import pybase64
 
 from af3_serve.errors import APIError
 from af3_serve.protocol import AudioPart, InputAudioPart
@@ -26,8 +26,10 @@ class MediaPolicy:
 
 
 def _b64decode(data: str, param: str) -> bytes:
+    # pybase64 (SIMD) checks and decodes a 25-MB body in ~1 ms; the standard library's
+    # regex check and decoding take ~33 ms of the API process's one core.
     try:
-        return base64.b64decode(data, validate=True)
+        return pybase64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise APIError(
             400, "Audio data is not valid base64.", param=param, code="invalid_base64"

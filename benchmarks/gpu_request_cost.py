@@ -1,0 +1,123 @@
+"""What one 10-minute request costs the GPU with the real AF3 shapes, next to what vLLM's
+built-in AF3 spends on the CPU of its API process for the same request.
+
+The lent GPU machines have torch and transformers but no vLLM, so the serving path
+itself cannot run there. This times its parts with random weights in bfloat16:
+our log-mel on the device, the Whisper-large-v3-shaped encoder over 20 full windows
+(transformers' WhisperEncoder: the same matmuls as ours on full windows), and the
+Qwen2.5-7B prefill of a 15,040-token prompt (transformers' Qwen2 with SDPA; vLLM's
+kernels are faster, so this overstates the GPU time). It also times, on the host CPU with
+one thread as in vLLM's API process, HF's Whisper feature extractor on the same clip:
+the work vLLM's built-in AF3 does per request before the engine sees it.
+
+    python -m benchmarks.gpu_request_cost --out results.json
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, Qwen2Model, WhisperConfig, WhisperFeatureExtractor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from benchmarks.gpu_logmel import clip, load_audio_features
+
+SECONDS = 600.0
+PROMPT_TOKENS = 15040  # 15,000 audio tokens and the chat template around them
+
+
+def timed(fn, repeats: int = 3) -> float:  # noqa: ANN001
+    fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_encoder(mel: torch.Tensor, device: torch.device) -> float:
+    config = WhisperConfig(
+        num_mel_bins=128,
+        d_model=1280,
+        encoder_layers=32,
+        encoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        max_source_positions=1500,
+    )
+    config._attn_implementation = "sdpa"
+    with device:
+        encoder = WhisperEncoder(config).eval()
+    return timed(lambda: encoder(mel))
+
+
+def time_prefill(device: torch.device) -> float:
+    config = Qwen2Config(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=151672,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+    )
+    config._attn_implementation = "sdpa"
+    with device:
+        decoder = Qwen2Model(config).eval()
+    ids = torch.randint(0, 151000, (1, PROMPT_TOKENS), device=device)
+    return timed(lambda: decoder(ids, use_cache=False), 2)
+
+
+@torch.inference_mode()
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    audio = clip(SECONDS, 0)
+    rows: dict[str, float] = {}
+
+    af = load_audio_features()
+    log_mel = af.LogMel(af.AudioSpec()).to(device)  # AF3's settings are the defaults
+    pcm = torch.from_numpy(audio)
+    windows, _ = log_mel.split_windows([pcm.to(device)])
+    rows["log_mel_gpu_s"] = timed(lambda: log_mel(log_mel.split_windows([pcm.to(device)])[0]))
+    mel = log_mel(windows)
+
+    torch.set_default_dtype(torch.bfloat16)
+    rows["encoder_20_windows_gpu_s"] = time_encoder(mel.to(torch.bfloat16), device)
+    rows["prefill_7b_15040_tokens_gpu_s"] = time_prefill(device)
+    torch.set_default_dtype(torch.float32)
+
+    torch.set_num_threads(1)  # vLLM's renderer runs the HF processor on one thread
+    extractor = WhisperFeatureExtractor(feature_size=128, chunk_length=30)
+    windows_np = [audio[i : i + 480000] for i in range(0, audio.size, 480000)]
+    start = time.perf_counter()
+    extractor(windows_np, sampling_rate=16000, return_attention_mask=True, padding="max_length")
+    rows["hf_feature_extractor_cpu_1_thread_s"] = time.perf_counter() - start
+
+    gpu = rows["log_mel_gpu_s"] + rows["encoder_20_windows_gpu_s"]
+    gpu += rows["prefill_7b_15040_tokens_gpu_s"]
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "audio_seconds": SECONDS,
+        "seconds": {k: round(v, 5) for k, v in rows.items()},
+        "gpu_s_per_request": round(gpu, 4),
+        "gpu_bound_requests_per_s": round(1 / gpu, 2),
+        "note": "random weights, bfloat16, batch of one request; transformers' kernels, not "
+        "vLLM's; the host CPU's feature extractor is HF's numpy path on one thread",
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
