@@ -189,6 +189,8 @@ def main() -> None:
         "upstream_model_class": model_class_line(upstream_log),
         "api_cpu": cpu,
         "compare_command": " ".join(sys.argv),
+        # The CPU build's core layout (e.g. VLLM_CPU_NUM_OF_RESERVED_CPU), same for both.
+        "vllm_cpu_env": {k: v for k, v in env.items() if k.startswith("VLLM_CPU")},
     }
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["servers"]["api_cpu"], indent=2))

@@ -142,6 +142,14 @@ class LogMel(torch.nn.Module):
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """[num_windows, window_samples] PCM -> [num_windows, mel_bins, window_frames]."""
+        if windows.device.type == "cpu":
+            # Window by window: a 10-min clip's intermediates at once (~180 MB) land in
+            # fresh pages on every call and run 3x slower on a CPU core. A GPU takes them
+            # in one batch. Each window is normalised alone, so the result is the same.
+            return torch.cat([self._log_mel(window) for window in windows.split(1)])
+        return self._log_mel(windows)
+
+    def _log_mel(self, windows: torch.Tensor) -> torch.Tensor:
         stft = torch.stft(
             windows,
             self.spec.n_fft,
