@@ -30,28 +30,12 @@ from benchmarks.compare_servers import (
     api_cpu_seconds,
     free_port,
     start,
+    upstream_command,
     wait_healthy,
 )
 
 IDLE_WINDOW_S = 10.0
 WARMUP_AUDIO = ["--audio-kind", "noise", "--audio-seconds", "29"]
-
-
-def upstream_command(checkpoint: Path, port: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--served-model-name",
-        MODEL,
-        *ENGINE,
-    ]
 
 
 def measure(

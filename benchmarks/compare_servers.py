@@ -57,6 +57,24 @@ def af3_serve_command(checkpoint: Path, port: int, *extra: str) -> list[str]:
     ]
 
 
+def upstream_command(checkpoint: Path, port: int) -> list[str]:
+    """vLLM's own OpenAI server (`vllm serve`) on loopback, with our engine settings."""
+    return [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--served-model-name",
+        MODEL,
+        *ENGINE,
+    ]
+
+
 def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -115,20 +133,7 @@ def main() -> None:
         ours_log,
     )
     upstream = start(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(checkpoint),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(upstream_port),
-            "--served-model-name",
-            MODEL,
-            *ENGINE,
-        ],
+        upstream_command(checkpoint, upstream_port),
         {**env, "VLLM_PLUGINS": "none-of-ours"},  # an allowlist naming no plugin
         upstream_log,
     )

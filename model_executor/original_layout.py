@@ -33,7 +33,7 @@ from transformers import (
     Qwen2AudioEncoderConfig,
 )
 
-from af3_model_executor.tiny_checkpoint import official_key, save_processor
+from af3_model_executor.tiny_checkpoint import chatml_template, official_key, save_processor
 
 logger = logging.getLogger("af3_serve.convert")
 
@@ -47,23 +47,11 @@ _BOOKKEEPING = ("_name_or_path", "architectures", "transformers_version", "model
 
 # ChatML like the released checkpoints, but every part of a user turn where it stands:
 # AF3-Chat conversations place each audio among the text that refers to it.
-CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}"
-    "{% else %}"
+CHAT_TEMPLATE = chatml_template(
     "{% for part in message['content'] %}"
     "{% if part['type'] == 'audio' %}{{ '<sound>' }}"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}"
-    "{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 # Prefix renames of the thinking adapter, HF names -> original names.

@@ -25,23 +25,31 @@ from transformers import (
 AUDIO_TOKEN = "<sound>"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", AUDIO_TOKEN]
 
-# Renders like the real checkpoint's template: a default system turn, every audio
-# of a user turn as one `<sound>` at its start, the turn's text right after it.
-CHAT_TEMPLATE = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{% endif %}"
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}"
-    "{{ message['content'] }}"
-    "{% else %}"
+
+
+def chatml_template(list_content: str) -> str:
+    """ChatML with a default system turn; `list_content` renders a message whose content
+    is a list of parts (`part`), string contents are written as they are."""
+    return (
+        "{% if messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+        "{% endif %}"
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}"
+        "{{ message['content'] }}"
+        "{% else %}" + list_content + "{% endif %}"
+        "{{ '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+# Renders like the real checkpoint's template: every audio of a user turn as one `<sound>`
+# at its start, the turn's text right after it.
+CHAT_TEMPLATE = chatml_template(
     "{% for part in message['content'] if part['type'] == 'audio' %}{{ '<sound>' }}{% endfor %}"
     "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
-    "{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 # Text the tokenizer's byte-level BPE merges are learnt from: fixed, so the
