@@ -43,7 +43,7 @@ def resolve_model_files(model: str, think_adapter: str, cache_dir: Path) -> Mode
     "none"."""
     try:
         return _resolve(model, think_adapter, cache_dir)
-    except (ConversionError, ThinkAdapterError, FileNotFoundError) as exc:
+    except (ConversionError, ThinkAdapterError, OSError) as exc:  # OSError: hub downloads
         raise ModelFilesError(str(exc)) from exc
 
 
