@@ -26,7 +26,6 @@ AUDIO_TOKEN = "<sound>"
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", AUDIO_TOKEN]
 
 
-
 def chatml_template(list_content: str) -> str:
     """ChatML with a default system turn; `list_content` renders a message whose content
     is a list of parts (`part`), string contents are written as they are."""
