@@ -41,38 +41,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _loopback_server(module: str, checkpoint: Path, port: int, *extra: str) -> list[str]:
+    """A server module on loopback, from this Python (so from this virtual environment)."""
+    host = ["--host", "127.0.0.1", "--port", str(port)]
+    return [sys.executable, "-m", module, "--model", str(checkpoint), *host, *extra]
+
+
 def af3_serve_command(checkpoint: Path, port: int, *extra: str) -> list[str]:
-    """af3-serve on loopback, from this Python (so from this virtual environment)."""
-    return [
-        sys.executable,
-        "-m",
-        "af3_serve.cli",
-        "--model",
-        str(checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *extra,
-    ]
+    return _loopback_server("af3_serve.cli", checkpoint, port, *extra)
 
 
 def upstream_command(checkpoint: Path, port: int) -> list[str]:
-    """vLLM's own OpenAI server (`vllm serve`) on loopback, with our engine settings."""
-    return [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--served-model-name",
-        MODEL,
-        *ENGINE,
-    ]
+    """vLLM's own OpenAI server (`vllm serve`), with our engine settings."""
+    module = "vllm.entrypoints.openai.api_server"
+    return _loopback_server(module, checkpoint, port, "--served-model-name", MODEL, *ENGINE)
 
 
 def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
