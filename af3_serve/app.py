@@ -10,6 +10,7 @@ import vllm
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from vllm.engine.protocol import EngineClient
 
 from af3_model_executor import ARCHITECTURE
 from af3_serve import __version__
@@ -17,7 +18,6 @@ from af3_serve.chat import router as chat_router
 from af3_serve.config import ServerConfig
 from af3_serve.demo import mount_demo_page
 from af3_serve.dependencies import require_api_key, require_api_key_if_protected
-from af3_serve.engine import start_engine
 from af3_serve.errors import install_error_handlers
 from af3_serve.limits import BodyLimits
 from af3_serve.model_files import ModelFiles
@@ -42,9 +42,14 @@ async def _watch_engine(runtime: Runtime, on_engine_dead: Callable[[], None]) ->
 
 
 def create_app(
-    config: ServerConfig, files: ModelFiles, on_engine_dead: Callable[[], None]
+    config: ServerConfig,
+    files: ModelFiles,
+    start_engine: Callable[[], EngineClient],
+    on_engine_dead: Callable[[], None] = lambda: None,
 ) -> FastAPI:
-    """`on_engine_dead` is told when the engine dies, so the process can exit non-zero."""
+    """`start_engine` gives the engine when the app starts (vLLM's `AsyncLLM` in the server,
+    a fake in the HTTP tests); `on_engine_dead` is told when it dies, so the process can
+    exit non-zero."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,7 +59,7 @@ def create_app(
                 "noise; use it to try the API, not the model",
                 files.model_dir,
             )
-        engine = start_engine(config, files)
+        engine = start_engine()
         runtime = Runtime(config, engine, files)
         app.state.runtime = runtime
         watcher = asyncio.create_task(_watch_engine(runtime, on_engine_dead))

@@ -1,22 +1,39 @@
-"""`af3-serve`: run the server under uvicorn; exit non-zero if the engine dies."""
+"""`af3-serve`: check the settings, prepare the model files, configure the engine, then run
+the server under uvicorn; exit non-zero if the engine dies."""
 
 import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from af3_serve.app import create_app
-from af3_serve.config import parse_args
-from af3_serve.model_files import ModelFilesError, resolve_model_files
+from af3_serve.config import ServerConfig, SettingsError, parse_args
+from af3_serve.engine import build_vllm_config, start_engine
+from af3_serve.model_files import ModelFiles, ModelFilesError, resolve_model_files
+
+
+def _prepare(argv: list[str] | None) -> tuple[ServerConfig, ModelFiles, object]:
+    """Everything that can refuse the start does so here, as one line without a traceback."""
+    try:
+        config = parse_args(argv)
+        files = resolve_model_files(config.model, config.think_adapter, config.cache_dir)
+        vllm_config = build_vllm_config(config, files)
+    except (SettingsError, ModelFilesError) as exc:
+        sys.exit(f"af3-serve: error: {exc}")
+    except ValidationError as exc:  # vLLM's config classes are pydantic dataclasses
+        reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        sys.exit(f"af3-serve: error: vLLM refused the engine settings: {reasons}")
+    except (ValueError, NotImplementedError) as exc:  # vLLM's other checks of engine flags
+        sys.exit(
+            f"af3-serve: error: vLLM refused the engine settings: {' '.join(str(exc).split())}"
+        )
+    return config, files, vllm_config
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    try:
-        files = resolve_model_files(config.model, config.think_adapter, config.cache_dir)
-    except ModelFilesError as exc:
-        sys.exit(f"af3-serve: error: {exc}")
+    config, files, vllm_config = _prepare(argv)
     engine_died = False
     server: uvicorn.Server | None = None
 
@@ -26,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         if server is not None:
             server.should_exit = True  # a supervisor restarts us
 
-    app = create_app(config, files, on_engine_dead)
+    app = create_app(config, files, lambda: start_engine(vllm_config), on_engine_dead)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -1,223 +1,219 @@
-"""Server settings, from the command line (`af3-serve --help`)."""
+"""Server settings from the command line (`af3-serve --help`).
+
+Two groups of flags: af3-serve's own, declared once below as `ServerSettings` fields whose
+docstrings are their help (vLLM's config style, turned into flags by vLLM's own
+`get_kwargs`), and every engine flag of `vllm serve`, taken from vLLM's `AsyncEngineArgs`
+with AF3's defaults for long audio. Flags that would replace our model are refused.
+"""
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-DEFAULT_MODEL = "nvidia/audio-flamingo-3-hf"
+from vllm.engine.arg_utils import AsyncEngineArgs, get_kwargs, optional_type
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+from af3_model_executor.constants import (
+    DEFAULT_MODEL,
+    DEFAULT_SERVED_MODEL_NAME,
+    MAX_AUDIO_SECONDS,
+    MAX_AUDIOS_PER_PROMPT,
+    THINK_MODEL_SUFFIX,
+)
+
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "af3-serve"
+API_KEY_ENV = "AF3_API_KEY"
+
+# AF3's engine defaults. One 600-s prompt is ~15,000 tokens: vLLM's default of 2048 batched
+# tokens would prefill it in eight steps, and its default context leaves no room for it.
+ENGINE_DEFAULTS: dict[str, Any] = {
+    "model": DEFAULT_MODEL,
+    "served_model_name": [DEFAULT_SERVED_MODEL_NAME],
+    "max_model_len": 32768,
+    "max_num_batched_tokens": 16384,
+    "max_num_seqs": 64,
+    "seed": 0,
+    # AF3-Chat sends the same long audio again every turn: the cached prefix (audio
+    # included) is what keeps later turns from re-encoding and re-prefilling it.
+    "enable_prefix_caching": True,
+}
+
+# Engine flags we set ourselves and a user may not: (flag's dest, why, what to use instead).
+REFUSED_ENGINE_FLAGS = {
+    "limit_mm_per_prompt": "audios per prompt are --max-audios-per-request",
+    "model_impl": "it would replace af3-serve's AF3 model with another implementation",
+    "runner": "af3-serve serves AF3 for generation only",
+    "convert": "af3-serve serves AF3 for generation only",
+    "disable_log_stats": "/metrics and the Grafana dashboard need the engine's statistics",
+    "skip_tokenizer_init": "af3-serve renders chat prompts with the checkpoint's tokenizer",
+}
+
+
+class SettingsError(ValueError):
+    """A flag or combination of flags af3-serve cannot serve; the message says why."""
 
 
 @dataclass(frozen=True)
-class EngineSettings:
-    """What matters for 10-minute audio: one 600-s prompt is ~15,000 tokens, and vLLM's
-    default of 2048 batched tokens would prefill it in eight steps."""
+class ServerSettings:
+    """af3-serve's own flags (the engine's are vLLM's)."""
 
-    max_model_len: int = 32768
-    max_num_batched_tokens: int = 16384
-    max_num_seqs: int = 64
-    encoder_cache_tokens: int = 4 * 15000  # audio embeddings of four 10-min clips
-    gpu_memory_utilization: float = 0.9
-    tensor_parallel_size: int = 1
-    dtype: str = "auto"
-    enforce_eager: bool = False
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    model: str = DEFAULT_MODEL
-    served_model_name: str = "audio-flamingo-3"
-    think_adapter: str = "auto"  # "auto", "none" or a folder
-    think_model_name: str | None = None  # default: served_model_name + "-think"
+    think_adapter: str = "auto"
+    """Thinking-mode adapter folder, served as a second model; 'auto' uses the checkpoint's
+    think/ or stage35/ if present, 'none' serves the base model alone."""
+    think_model_name: str | None = None
+    """Name of the thinking model in the API (default: the served model name + '-think')."""
     cache_dir: Path = DEFAULT_CACHE_DIR
+    """Converted checkpoints and prepared thinking adapters."""
     host: str = "0.0.0.0"
+    """Address to listen on."""
     port: int = 8000
-    api_keys: frozenset[str] = frozenset()
-    max_audio_seconds: float = 600.0
-    max_audios_per_request: int = 8
-    max_request_bytes: int = 128 * 2**20
-    max_decoded_audio_bytes: int = 512 * 2**20
-    allowed_media_domains: frozenset[str] = frozenset()
-    allowed_local_media_path: Path | None = None
-    max_pending_requests: int = 512
-    max_pending_requests_per_key: int = 128
-    max_queued_audio_seconds: float = 4 * 3600.0
-    allow_private_media_addresses: bool = False
+    """Port to listen on."""
+    api_key: list[str] = field(default_factory=list)
+    """Accepted bearer keys (repeatable; also AF3_API_KEY, comma-separated)."""
+    api_key_file: Path | None = None
+    """File with one accepted key a line (blank lines and # comments skipped)."""
     protect_metrics: bool = False
+    """Require an API key for /metrics and /version."""
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
+    """Longest audio accepted, per audio; longer gets 400."""
+    max_audios_per_request: int = MAX_AUDIOS_PER_PROMPT
+    """Audios one request may carry (the engine's per-prompt limit)."""
+    max_request_bytes: int = 128 * 2**20
+    """Largest request body; larger gets 413."""
+    max_decoded_audio_bytes: int = 512 * 2**20
+    """Largest decoded PCM of one request's audio."""
     request_read_timeout_s: float = 120.0
+    """A request body must arrive within this time (slow clients get 408)."""
+    allow_private_media_addresses: bool = False
+    """Let allowlisted audio_url hosts resolve to private or loopback addresses (internal
+    deployments only; off by default against SSRF)."""
+    max_pending_requests: int = 512
+    """Requests admitted at once; more get 503 with Retry-After."""
+    max_pending_requests_per_key: int = 128
+    """Requests one API key (or client address, without keys) may have in flight; more get
+    429 with Retry-After."""
+    max_queued_audio_seconds: float = 4 * 3600.0
+    """Audio seconds admitted and not yet answered; more get 503."""
     audio_decode_workers: int = 4
+    """Threads that decode audio off the event loop."""
+    encoder_cache_tokens: int = 4 * 15000
+    """Audio embeddings the engine keeps between prefill steps (15,000 per 10-min clip);
+    vLLM's default holds one batch, so a second long audio would wait for the first."""
     engine_death_grace_s: float = 5.0
+    """Seconds of /health 503 before exiting when the engine dies."""
     demo_page: bool = True
-    engine: EngineSettings = field(default_factory=EngineSettings)
+    """Serve the browser demo page at /."""
+
+
+@dataclass(frozen=True)
+class ServerConfig(ServerSettings):
+    """Everything one server process runs with: our settings, the accepted keys and the
+    engine's arguments (the model as given; `engine.py` points it at the prepared files)."""
+
+    api_keys: frozenset[str] = frozenset()
+    engine_args: AsyncEngineArgs = field(
+        default_factory=lambda: AsyncEngineArgs(**_engine_defaults())
+    )
+
+    @property
+    def model(self) -> str:
+        return self.engine_args.model
+
+    @property
+    def served_model_name(self) -> str:
+        return _first_name(self.engine_args.served_model_name)
+
+    @property
+    def allowed_media_domains(self) -> frozenset[str]:
+        """Hosts audio_url may fetch over http(s): vLLM's --allowed-media-domains."""
+        return frozenset(h.lower() for h in self.engine_args.allowed_media_domains or ())
+
+    @property
+    def allowed_local_media_path(self) -> Path | None:
+        """The folder file:// audio may come from: vLLM's --allowed-local-media-path."""
+        path = self.engine_args.allowed_local_media_path
+        return Path(path) if path else None
 
     @property
     def think_name(self) -> str:
-        return self.think_model_name or f"{self.served_model_name}-think"
+        return self.think_model_name or self.served_model_name + THINK_MODEL_SUFFIX
+
+
+def _engine_defaults() -> dict[str, Any]:
+    return {**ENGINE_DEFAULTS, "served_model_name": DEFAULT_SERVED_MODEL_NAME}
+
+
+def _first_name(names: str | list[str] | None) -> str:
+    if isinstance(names, list):
+        return names[0]
+    return names or DEFAULT_SERVED_MODEL_NAME
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("af3-serve", "The server's own settings.")
+    kwargs = get_kwargs(ServerSettings)
+    for f in dataclasses.fields(ServerSettings):
+        kw = kwargs[f.name]
+        if "Path" in str(f.type):  # vLLM's helper treats non-builtin types as strings
+            kw["type"] = optional_type(Path) if "None" in str(f.type) else Path
+        if f.default_factory is list:  # repeatable: --api-key a --api-key b
+            kw["action"] = "extend"
+        group.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def build_parser() -> FlexibleArgumentParser:
+    parser = FlexibleArgumentParser(
+        prog="af3-serve",
+        description="OpenAI-compatible Audio Flamingo 3 server on vLLM. The first group is "
+        "af3-serve's own; the others are vLLM's engine flags, as `vllm serve` takes them, "
+        "with AF3's defaults for long audio.",
+    )
+    _add_server_flags(parser)
+    AsyncEngineArgs.add_cli_args(parser)
+    parser.set_defaults(**ENGINE_DEFAULTS)
+    model = next(a for a in parser._actions if a.dest == "model")
+    model.help = (
+        "HF model id or local folder, in the HF layout or AF3's original llava layout "
+        "(converted once into --cache-dir)."
+    )
+    return parser
+
+
+def _check_engine_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    for dest, why in REFUSED_ENGINE_FLAGS.items():
+        if getattr(args, dest) != parser.get_default(dest):
+            flag = "--" + dest.replace("_", "-")
+            raise SettingsError(f"{flag} is not accepted: {why}")
+    overrides = args.hf_overrides if isinstance(args.hf_overrides, dict) else {}
+    if "architectures" in overrides:
+        raise SettingsError(
+            "--hf-overrides may not set 'architectures': af3-serve runs its own AF3 model"
+        )
+    names = args.served_model_name
+    if isinstance(names, list) and len(names) > 1:
+        raise SettingsError("--served-model-name takes one name (the thinking model has its own)")
+
+
+def _api_keys(settings: argparse.Namespace) -> frozenset[str]:
+    keys = set(settings.api_key)
+    if settings.api_key_file is not None:
+        lines = settings.api_key_file.read_text().splitlines()
+        keys.update(k.strip() for k in lines if k.strip() and not k.lstrip().startswith("#"))
+    keys.update(k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip())
+    return frozenset(keys)
 
 
 def parse_args(argv: list[str] | None = None) -> ServerConfig:
-    p = argparse.ArgumentParser(
-        prog="af3-serve", description="OpenAI-compatible Audio Flamingo 3 server on vLLM."
-    )
-    d = ServerConfig()
-    e = EngineSettings()
-    p.add_argument(
-        "--model",
-        default=d.model,
-        help="HF model id or local folder, in the HF layout or AF3's original llava layout "
-        "(converted once into --cache-dir)",
-    )
-    p.add_argument("--served-model-name", default=d.served_model_name)
-    p.add_argument(
-        "--think-adapter",
-        default=d.think_adapter,
-        help="thinking-mode adapter folder, served as a second model; 'auto' (default) "
-        "uses the checkpoint's think/ or stage35/ if present, 'none' serves the base alone",
-    )
-    p.add_argument(
-        "--think-model-name", default=None, help="default: the served model name + '-think'"
-    )
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=d.cache_dir,
-        help="converted checkpoints and prepared adapters (default: %(default)s)",
-    )
-    p.add_argument("--host", default=d.host)
-    p.add_argument("--port", type=int, default=d.port)
-    p.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        help="accepted bearer key (repeatable; also AF3_API_KEY, comma-separated)",
-    )
-    p.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds)
-    p.add_argument("--max-audios-per-request", type=int, default=d.max_audios_per_request)
-    p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes)
-    p.add_argument("--max-decoded-audio-bytes", type=int, default=d.max_decoded_audio_bytes)
-    p.add_argument(
-        "--allowed-media-domains",
-        nargs="*",
-        default=[],
-        help="hosts that audio_url may fetch over http(s); none by default",
-    )
-    p.add_argument(
-        "--allowed-local-media-path",
-        type=Path,
-        default=None,
-        help="folder that file:// audio URLs may read from; off by default",
-    )
-    p.add_argument(
-        "--max-pending-requests",
-        type=int,
-        default=d.max_pending_requests,
-        help="requests admitted at once; more get 503 with Retry-After",
-    )
-    p.add_argument(
-        "--max-pending-requests-per-key",
-        type=int,
-        default=d.max_pending_requests_per_key,
-        help="requests one API key (or client address, without keys) may have "
-        "in flight; more get 429 with Retry-After",
-    )
-    p.add_argument(
-        "--max-queued-audio-seconds",
-        type=float,
-        default=d.max_queued_audio_seconds,
-        help="audio seconds admitted and not yet answered; more get 503",
-    )
-    p.add_argument(
-        "--api-key-file",
-        type=Path,
-        default=None,
-        help="file with one accepted key a line (blank lines and # comments skipped)",
-    )
-    p.add_argument(
-        "--allow-private-media-addresses",
-        action="store_true",
-        help="let allowlisted audio_url hosts resolve to private or loopback "
-        "addresses (internal deployments only; off by default against SSRF)",
-    )
-    p.add_argument(
-        "--protect-metrics",
-        action="store_true",
-        help="require an API key for /metrics (and /version)",
-    )
-    p.add_argument(
-        "--request-read-timeout-s",
-        type=float,
-        default=d.request_read_timeout_s,
-        help="a request body must arrive within this time (slow clients get 408)",
-    )
-    p.add_argument("--audio-decode-workers", type=int, default=d.audio_decode_workers)
-    p.add_argument(
-        "--engine-death-grace-s",
-        type=float,
-        default=d.engine_death_grace_s,
-        help="seconds of /health 503 before exiting when the engine dies",
-    )
-    p.add_argument(
-        "--no-demo-page",
-        dest="demo_page",
-        action="store_false",
-        help="do not serve the browser demo page at /",
-    )
-    p.add_argument("--max-model-len", type=int, default=e.max_model_len)
-    p.add_argument("--max-num-batched-tokens", type=int, default=e.max_num_batched_tokens)
-    p.add_argument("--max-num-seqs", type=int, default=e.max_num_seqs)
-    p.add_argument(
-        "--encoder-cache-tokens",
-        type=int,
-        default=e.encoder_cache_tokens,
-        help="audio embeddings kept between prefill steps (15,000 per 10-min clip)",
-    )
-    p.add_argument("--gpu-memory-utilization", type=float, default=e.gpu_memory_utilization)
-    p.add_argument("--tensor-parallel-size", type=int, default=e.tensor_parallel_size)
-    p.add_argument("--dtype", default=e.dtype)
-    p.add_argument("--enforce-eager", action="store_true")
-    p.add_argument("--seed", type=int, default=e.seed)
-    a = p.parse_args(argv)
-
-    keys = set(a.api_key)
-    if a.api_key_file is not None:
-        lines = a.api_key_file.read_text().splitlines()
-        keys.update(k.strip() for k in lines if k.strip() and not k.lstrip().startswith("#"))
-    keys.update(k.strip() for k in os.environ.get("AF3_API_KEY", "").split(",") if k.strip())
-    return ServerConfig(
-        model=a.model,
-        served_model_name=a.served_model_name,
-        think_adapter=a.think_adapter,
-        think_model_name=a.think_model_name,
-        cache_dir=a.cache_dir,
-        host=a.host,
-        port=a.port,
-        api_keys=frozenset(keys),
-        max_audio_seconds=a.max_audio_seconds,
-        max_audios_per_request=a.max_audios_per_request,
-        max_request_bytes=a.max_request_bytes,
-        max_decoded_audio_bytes=a.max_decoded_audio_bytes,
-        allowed_media_domains=frozenset(h.lower() for h in a.allowed_media_domains),
-        allowed_local_media_path=a.allowed_local_media_path,
-        max_pending_requests=a.max_pending_requests,
-        max_pending_requests_per_key=a.max_pending_requests_per_key,
-        max_queued_audio_seconds=a.max_queued_audio_seconds,
-        allow_private_media_addresses=a.allow_private_media_addresses,
-        protect_metrics=a.protect_metrics,
-        request_read_timeout_s=a.request_read_timeout_s,
-        audio_decode_workers=a.audio_decode_workers,
-        engine_death_grace_s=a.engine_death_grace_s,
-        demo_page=a.demo_page,
-        engine=EngineSettings(
-            max_model_len=a.max_model_len,
-            max_num_batched_tokens=a.max_num_batched_tokens,
-            max_num_seqs=a.max_num_seqs,
-            encoder_cache_tokens=a.encoder_cache_tokens,
-            gpu_memory_utilization=a.gpu_memory_utilization,
-            tensor_parallel_size=a.tensor_parallel_size,
-            dtype=a.dtype,
-            enforce_eager=a.enforce_eager,
-            seed=a.seed,
-        ),
-    )
+    """Raises SettingsError for flags af3-serve refuses; argparse exits on malformed ones."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_engine_flags(args, parser)
+    ours = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings)}
+    try:
+        api_keys = _api_keys(args)
+    except OSError as exc:
+        raise SettingsError(f"--api-key-file: {exc}") from exc
+    return ServerConfig(**ours, api_keys=api_keys, engine_args=AsyncEngineArgs.from_cli_args(args))

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from transformers import AutoTokenizer
 from vllm import SamplingParams
+from vllm.engine.protocol import EngineClient
 from vllm.exceptions import VLLMValidationError
 from vllm.outputs import RequestOutput
-from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from af3_serve import metrics
@@ -27,7 +27,7 @@ from af3_serve.prompts import AudioRef, with_think_suffix
 
 
 class Runtime:
-    def __init__(self, config: ServerConfig, engine: AsyncLLM, files: ModelFiles) -> None:
+    def __init__(self, config: ServerConfig, engine: EngineClient, files: ModelFiles) -> None:
         self.config = config
         self.engine = engine
         self.think = files.think

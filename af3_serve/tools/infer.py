@@ -115,13 +115,13 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
     from vllm import LLM, SamplingParams
     from vllm.platforms import current_platform
 
-    from af3_serve.config import DEFAULT_CACHE_DIR, DEFAULT_MODEL, EngineSettings
+    from af3_model_executor.constants import DEFAULT_MODEL
+    from af3_serve.config import DEFAULT_CACHE_DIR, ENGINE_DEFAULTS
     from af3_serve.engine import model_engine_args
     from af3_serve.model_files import ModelFilesError, resolve_model_files
     from af3_serve.prompts import with_think_suffix
 
     audios = [librosa.load(path, sr=SAMPLE_RATE, mono=True)[0] for path in args.audio]
-    settings = EngineSettings()
     think_adapter = "auto" if args.think else "none"
     try:
         files = resolve_model_files(args.model or DEFAULT_MODEL, think_adapter, DEFAULT_CACHE_DIR)
@@ -136,8 +136,9 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
         dtype=args.dtype or ("float32" if current_platform.is_cpu() else "auto"),
         # One answer: compiling graphs and capturing CUDA graphs costs more than it saves.
         enforce_eager=True,
-        max_model_len=args.max_model_len or settings.max_model_len,
-        max_num_batched_tokens=settings.max_num_batched_tokens,  # a 10-min clip in one step
+        max_model_len=args.max_model_len or ENGINE_DEFAULTS["max_model_len"],
+        # a 10-min clip in one step
+        max_num_batched_tokens=ENGINE_DEFAULTS["max_num_batched_tokens"],
         limit_mm_per_prompt={"audio": len(audios)},
         gpu_memory_utilization=args.gpu_memory_utilization,
         tensor_parallel_size=args.tensor_parallel_size,
