@@ -14,17 +14,19 @@ import torch
 from transformers import WhisperFeatureExtractor
 from transformers.utils import cached_file
 
+from af3_model_executor.constants import MAX_AUDIO_SECONDS, SAMPLE_RATE, WINDOW_SECONDS
+
 
 @dataclass(frozen=True)
 class AudioSpec:
     """Feature-extractor settings of a checkpoint (its processor_config.json)."""
 
-    sampling_rate: int = 16000
+    sampling_rate: int = SAMPLE_RATE
     num_mel_bins: int = 128
     n_fft: int = 400
     hop_length: int = 160
-    window_seconds: int = 30
-    max_audio_seconds: int = 600
+    window_seconds: int = WINDOW_SECONDS
+    max_audio_seconds: int = MAX_AUDIO_SECONDS
 
     @classmethod
     def from_pretrained(cls, model: str, revision: str | None = None) -> "AudioSpec":

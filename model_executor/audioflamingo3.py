@@ -27,9 +27,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
 from af3_model_executor.audio_features import AudioSpec, LogMel
+from af3_model_executor.constants import AUDIO_TOKEN
 from af3_model_executor.encoder import AF3AudioEncoder, AF3Projector
 from af3_model_executor.processing import (
-    AUDIO_TOKEN,
     AF3DummyInputsBuilder,
     AF3MultiModalProcessor,
     AF3ProcessingInfo,

@@ -20,7 +20,10 @@ from vllm.model_executor.layers.activation import get_act_fn
 from vllm.model_executor.layers.attention import MMEncoderAttention
 from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper
-from vllm.model_executor.models.whisper import WhisperEncoderLayer
+from vllm.model_executor.models.whisper import (
+    WhisperEncoderLayer,
+    _create_fake_bias_for_k_proj,
+)
 
 from af3_model_executor.audio_features import positions_after_conv
 
@@ -33,16 +36,6 @@ _ENCODER_LAYER_MAPPER = WeightsMapper(
         ".self_attn.v_proj": (".self_attn.qkv_proj", "v"),
     },
 )
-
-
-def _with_zero_k_bias(
-    weights: Iterable[tuple[str, torch.Tensor]],
-) -> Iterable[tuple[str, torch.Tensor]]:
-    """Whisper's k_proj has no bias, but the fused qkv bias has a k slice: load zeros."""
-    for name, tensor in weights:
-        yield name, tensor
-        if name.endswith(".self_attn.k_proj.weight"):
-            yield name.removesuffix(".weight") + ".bias", torch.zeros(tensor.shape[0])
 
 
 class AF3AudioEncoder(nn.Module):
@@ -101,8 +94,10 @@ class AF3AudioEncoder(nn.Module):
         }
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        loader = AutoWeightsLoader(self)
-        return loader.load_weights(_with_zero_k_bias(weights), mapper=_ENCODER_LAYER_MAPPER)
+        # Whisper's k_proj has no bias, but the fused qkv bias has a k slice: vLLM's helper
+        # (as ultravox.py uses it) adds a zero `.self_attn.k_proj.bias` for each k_proj.
+        weights = _create_fake_bias_for_k_proj(weights, ".self_attn.k_proj.weight")
+        return AutoWeightsLoader(self).load_weights(weights, mapper=_ENCODER_LAYER_MAPPER)
 
 
 class AF3Projector(nn.Module):

@@ -16,13 +16,12 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 from transformers import (
     AudioFlamingo3Config,
@@ -30,16 +29,20 @@ from transformers import (
     AutoTokenizer,
     GenerationConfig,
     PreTrainedTokenizerBase,
-    Qwen2AudioEncoderConfig,
 )
 
-from af3_model_executor.tiny_checkpoint import chatml_template, official_key, save_processor
+from af3_model_executor import prepared_cache
+from af3_model_executor.constants import AUDIO_TOKEN
+from af3_model_executor.processor_files import AUDIO_PLACEHOLDER, chatml_template, save_processor
+from af3_model_executor.weight_names import official_name
 
 logger = logging.getLogger("af3_serve.convert")
 
 COMPONENTS = ("llm", "sound_tower", "sound_mm_projector")
 MARKER = "AF3_CONVERTED.json"
-AUDIO_TOKEN = "<sound>"
+# Changes whenever the converter writes a different folder for the same source: folders
+# converted by another version are converted again.
+FORMAT_VERSION = 2
 # Files above this size are split into shards, as transformers' save_pretrained does.
 SHARD_BYTES = 5 * 10**9
 # Keys of a component's config.json that describe the file, not the network.
@@ -49,29 +52,11 @@ _BOOKKEEPING = ("_name_or_path", "architectures", "transformers_version", "model
 # AF3-Chat conversations place each audio among the text that refers to it.
 CHAT_TEMPLATE = chatml_template(
     "{% for part in message['content'] %}"
-    "{% if part['type'] == 'audio' %}{{ '<sound>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% if part['type'] == 'audio' %}"
+    + AUDIO_PLACEHOLDER
+    + "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
     "{% endfor %}"
 )
-
-# Prefix renames of the thinking adapter, HF names -> original names.
-_ADAPTER_RENAMES = (
-    ("base_model.model.model.language_model.", "base_model.model.llm.model."),
-    ("base_model.model.lm_head.", "base_model.model.llm.lm_head."),
-)
-_NON_LORA_RENAMES = (
-    (
-        "base_model.model.model.multi_modal_projector.linear_1.",
-        "base_model.model.sound_mm_projector.layers.0.",
-    ),
-    (
-        "base_model.model.model.multi_modal_projector.linear_2.",
-        "base_model.model.sound_mm_projector.layers.2.",
-    ),
-    ("base_model.model.model.audio_tower.", "base_model.model.sound_tower."),
-)
-# The adaptor's layers, original names -> HF names.
-_PROJECTOR_LAYERS = (("layers.0.", "linear_1."), ("layers.2.", "linear_2."))
 
 
 class ConversionError(ValueError):
@@ -107,143 +92,10 @@ def _shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for path in sorted(set(_tensor_files(folder).values())):
-        tensors.update(load_file(path))
-    return tensors
-
-
 def _write_index(folder: Path, weight_map: dict[str, str], total_size: int) -> None:
     """The index transformers' loaders read for a sharded checkpoint."""
     index = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-def _save_sharded(tensors: dict[str, torch.Tensor], folder: Path, shards: int) -> None:
-    keys = list(tensors)
-    size = -(-len(keys) // shards)
-    weight_map = {}
-    for i in range(shards):
-        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {key: tensors[key] for key in keys[i * size : (i + 1) * size]}
-        save_file(part, folder / name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, name))
-    _write_index(folder, weight_map, sum(t.numel() * t.element_size() for t in tensors.values()))
-
-
-# --- HF layout -> original layout (tests, tiny checkpoints) ------------------------------
-
-
-def _swap_prefix(key: str, renames: tuple[tuple[str, str], ...]) -> str | None:
-    """`key` with the first matching old prefix replaced by its new one, else None."""
-    for old, new in renames:
-        if key.startswith(old):
-            return new + key.removeprefix(old)
-    return None
-
-
-def _split_hf_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    parts: dict[str, dict[str, torch.Tensor]] = {c: {} for c in COMPONENTS}
-    for key, tensor in state.items():
-        if key.startswith("language_model."):
-            parts["llm"][key.removeprefix("language_model.")] = tensor
-        elif key.startswith("audio_tower."):
-            parts["sound_tower"][key.removeprefix("audio_tower.")] = tensor
-        elif key.startswith("multi_modal_projector."):
-            hf_to_original = tuple((hf, original) for original, hf in _PROJECTOR_LAYERS)
-            name = _swap_prefix(key.removeprefix("multi_modal_projector."), hf_to_original)
-            if name is None:
-                raise ConversionError(f"unexpected tensor {key} in the HF checkpoint")
-            parts["sound_mm_projector"][name] = tensor
-        else:
-            raise ConversionError(f"unexpected tensor {key} in the HF checkpoint")
-    return parts
-
-
-def _sound_tower_config(config: AudioFlamingo3Config) -> Qwen2AudioEncoderConfig:
-    """The encoder config as the original release saves it: AF-Whisper is a Qwen2-Audio
-    encoder class, so its config uses the Whisper field names."""
-    audio = config.audio_config
-    return Qwen2AudioEncoderConfig(
-        num_mel_bins=audio.num_mel_bins,
-        encoder_layers=audio.num_hidden_layers,
-        encoder_attention_heads=audio.num_attention_heads,
-        encoder_ffn_dim=audio.intermediate_size,
-        encoder_layerdrop=audio.layerdrop,
-        d_model=audio.hidden_size,
-        dropout=audio.dropout,
-        attention_dropout=audio.attention_dropout,
-        activation_function=audio.activation_function,
-        activation_dropout=audio.activation_dropout,
-        scale_embedding=audio.scale_embedding,
-        initializer_range=audio.initializer_range,
-        max_source_positions=audio.max_source_positions,
-        architectures=["AFWhisperEncoder"],
-    )
-
-
-def _rename_keys(
-    tensors: dict[str, torch.Tensor], renames: tuple[tuple[str, str], ...]
-) -> dict[str, torch.Tensor]:
-    return {_swap_prefix(key, renames) or key: tensor for key, tensor in tensors.items()}
-
-
-def _write_stage35(think_dir: Path, out_dir: Path) -> None:
-    """The thinking adapter under the original module names, based on out_dir."""
-    stage35 = out_dir / "stage35"
-    stage35.mkdir()
-    adapter = load_file(think_dir / "adapter_model.safetensors")
-    save_file(_rename_keys(adapter, _ADAPTER_RENAMES), stage35 / "adapter_model.safetensors")
-    non_lora = torch.load(think_dir / "non_lora_trainables.bin", weights_only=True)
-    torch.save(_rename_keys(non_lora, _NON_LORA_RENAMES), stage35 / "non_lora_trainables.bin")
-    adapter_config = json.loads((think_dir / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = str(out_dir.resolve())
-    (stage35 / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
-
-
-def write_original_layout(hf_dir: Path, out_dir: Path) -> Path:
-    """Split an HF-layout checkpoint into NVIDIA's original layout (llm/ in two shards)."""
-    config = AudioFlamingo3Config.from_pretrained(hf_dir)
-    parts = _split_hf_state(_read_tensors(hf_dir))
-    dirs = {name: out_dir / name for name in COMPONENTS}
-    for folder in dirs.values():
-        folder.mkdir(parents=True)
-
-    text_config = config.text_config
-    text_config.architectures = ["Qwen2ForCausalLM"]
-    text_config.save_pretrained(dirs["llm"])
-    GenerationConfig.from_pretrained(hf_dir).save_pretrained(dirs["llm"])
-    AutoTokenizer.from_pretrained(hf_dir).save_pretrained(dirs["llm"])
-    _save_sharded(parts["llm"], dirs["llm"], shards=2)
-
-    tower_config = _sound_tower_config(config)
-    tower_config.save_pretrained(dirs["sound_tower"])
-    save_file(parts["sound_tower"], dirs["sound_tower"] / "model.safetensors")
-
-    projector_config = {
-        "architectures": ["SoundMultimodalProjector"],
-        "model_type": "sound_mm_projector",
-        "sound_mm_projector_type": "mlp",
-    }
-    (dirs["sound_mm_projector"] / "config.json").write_text(json.dumps(projector_config) + "\n")
-    save_file(parts["sound_mm_projector"], dirs["sound_mm_projector"] / "model.safetensors")
-
-    top = {
-        "architectures": ["LlavaLlamaModel"],
-        "model_type": "llava_llama",
-        "llm_cfg": json.loads((dirs["llm"] / "config.json").read_text()),
-        "sound_tower_cfg": tower_config.to_dict(),
-        "sound_mm_projector_cfg": projector_config,
-        "hidden_size": text_config.hidden_size,
-        "sound_hidden_size": config.audio_config.hidden_size,
-        "sound_encoder": '{"_target_": "llava.model.encoders.BasicSoundEncoder"}',
-        "media_tokens": {"sound": AUDIO_TOKEN},
-    }
-    (out_dir / "config.json").write_text(json.dumps(top, indent=2) + "\n")
-    if (hf_dir / "think").is_dir():
-        _write_stage35(hf_dir / "think", out_dir)
-    return out_dir
 
 
 # --- original layout -> HF layout -------------------------------------------------------
@@ -255,13 +107,9 @@ def is_original_layout(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_dir() for name in COMPONENTS)
 
 
-def fingerprint(src: Path) -> dict[str, list[int]]:
-    """Relative path -> [size, mtime_ns] of every file: cheap, and changes with any rewrite."""
-    result = {}
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
-        stat = path.stat()
-        result[path.relative_to(src).as_posix()] = [stat.st_size, stat.st_mtime_ns]
-    return result
+def source_key(src: Path) -> dict:
+    """What a converted folder records about its source (see prepared_cache)."""
+    return prepared_cache.source_key(FORMAT_VERSION, {"checkpoint": prepared_cache.Source(src)})
 
 
 def _load_json(path: Path) -> dict:
@@ -311,20 +159,15 @@ def build_config(src: Path, audio_token_id: int) -> AudioFlamingo3Config:
 
 
 def _official_name(component: str, key: str) -> str | None:
-    """The HF file name of an original tensor, or None when it has no place."""
-    if component == "llm":
-        return "language_model." + key
-    if component == "sound_tower":
-        return "audio_tower." + key
-    name = _swap_prefix(key, _PROJECTOR_LAYERS)
-    return None if name is None else "multi_modal_projector." + name
+    """The HF file name of a tensor of a component's folder, or None when it has no place."""
+    return official_name(f"{component}.{key}")
 
 
 def _expected_shapes(config: AudioFlamingo3Config) -> dict[str, tuple[int, ...]]:
     """Every parameter the HF model has, by official file name, from a meta-device model."""
     with torch.device("meta"):
         model = AudioFlamingo3ForConditionalGeneration(config)
-    return {official_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    return {official_name(k) or k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _listing(names: list[str]) -> str:
@@ -429,17 +272,6 @@ def _generation_config(src: Path, config: AudioFlamingo3Config) -> GenerationCon
     return GenerationConfig.from_model_config(config.text_config)
 
 
-def _move_into_place(tmp: Path, dst: Path) -> None:
-    """Renames only, so DST is either the old folder or the complete new one."""
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        dst.rename(old)
-        tmp.rename(dst)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(dst)
-
-
 def convert(
     src: Path,
     dst: Path,
@@ -451,40 +283,23 @@ def convert(
     src, dst = Path(src), Path(dst)
     _check_source(src)
     _check_destination(dst, overwrite)
-    source_fingerprint = fingerprint(src)
+    key = source_key(src)
     tokenizer = AutoTokenizer.from_pretrained(src / "llm")
     config = build_config(src, _audio_token_id(tokenizer))
     plan = plan_tensors(src, config)
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        stats = _write_weights(plan, tmp, progress, shard_bytes)
-        config.save_pretrained(tmp)
-        _generation_config(src, config).save_pretrained(tmp)
-        _write_processor(tokenizer, tmp)
+    def write(folder: Path) -> dict:
+        stats = _write_weights(plan, folder, progress, shard_bytes)
+        config.save_pretrained(folder)
+        _generation_config(src, config).save_pretrained(folder)
+        _write_processor(tokenizer, folder)
         think = (src / "stage35").is_dir()
         if think:
-            shutil.copytree(src / "stage35", tmp / "think")
-        marker = {
-            "source": str(src.resolve()),
-            "fingerprint": source_fingerprint,
-            **stats,
-            "think_adapter": think,
-        }
-        (tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
-        _move_into_place(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            shutil.copytree(src / "stage35", folder / "think")
+        return {**stats, "think_adapter": think}
+
+    prepared_cache.build(dst, MARKER, key, write)
     return dst
-
-
-def _recorded(dst: Path) -> dict | None:
-    try:
-        return json.loads((dst / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def resolve_model_dir(model: str, cache_dir: Path) -> str:
@@ -496,12 +311,11 @@ def resolve_model_dir(model: str, cache_dir: Path) -> str:
         return model
     src = path.resolve()
     dst = Path(cache_dir) / hashlib.sha256(str(src).encode()).hexdigest()[:16]
-    recorded = _recorded(dst)
-    current = {"source": str(src), "fingerprint": fingerprint(src)}
-    if recorded is not None and all(recorded.get(k) == v for k, v in current.items()):
+    record = prepared_cache.recorded(dst, MARKER)
+    if prepared_cache.matches(record, source_key(src)):
         logger.info("using %s, converted earlier from %s", dst, src)
         return str(dst)
-    reason = "a source file changed" if recorded else "no conversion yet"
+    reason = "a source file changed" if record else "no conversion yet"
     logger.info("converting original-layout checkpoint %s into %s (%s)", src, dst, reason)
     convert(src, dst, overwrite=True)
     logger.info("converted %s into %s", src, dst)

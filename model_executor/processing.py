@@ -25,11 +25,8 @@ from vllm.multimodal.processing import (
 )
 
 from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.constants import AUDIO_TOKEN, MAX_AUDIOS_PER_PROMPT
 from af3_model_executor.think_adapter import AUDIO_VARIANT_KWARG, AUDIO_VARIANTS
-
-AUDIO_TOKEN = "<sound>"
-# Audios per prompt unless the operator sets --limit-mm-per-prompt.
-DEFAULT_MAX_AUDIOS_PER_PROMPT = 8
 
 
 class AF3ProcessingInfo(BaseProcessingInfo):
@@ -50,9 +47,10 @@ class AF3ProcessingInfo(BaseProcessingInfo):
         )
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
-        # No model limit; a default of our own when the operator sets none.
+        # No model limit; a default of our own when the operator sets none
+        # (--limit-mm-per-prompt).
         configured = "audio" in self.ctx.get_mm_config().limit_per_prompt
-        return {"audio": None if configured else DEFAULT_MAX_AUDIOS_PER_PROMPT}
+        return {"audio": None if configured else MAX_AUDIOS_PER_PROMPT}
 
     def get_mm_max_tokens_per_item(
         self, seq_len: int, mm_counts: Mapping[str, int]

@@ -8,13 +8,14 @@ non-LoRA weights are checked tensor by tensor against the base checkpoint:
   think requests use (chosen per audio through the processor kwarg below);
 - anything else that differs (encoder, decoder, embeddings): refused with the names,
   since one engine cannot serve two versions of those to different requests.
-Key names are accepted in the HF layout, transformers' in-memory names, or the
-original llava layout (`llm.`, `sound_tower.`, `sound_mm_projector.layers.{0,2}`).
+Key names are accepted in any of the namings `weight_names` knows: the HF layout,
+transformers' in-memory names, or the original llava layout (`llm.`, `sound_tower.`,
+`sound_mm_projector.layers.{0,2}`). What is prepared is kept in the server's cache and
+prepared again only when a file it is built from changes (`prepared_cache`).
 """
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from vllm.lora.request import LoRARequest
+
+from af3_model_executor import prepared_cache
+from af3_model_executor.weight_names import PEFT_PREFIX, official_name
 
 logger = logging.getLogger("af3_serve.think")
 
@@ -34,20 +38,11 @@ AUDIO_VARIANTS = ("base", "think")
 THINK_PROJECTOR_FILE = "think_projector.safetensors"
 THINK_PROJECTOR_CONFIG_KEY = "af3_think_projector"
 
-_PEFT_PREFIX = "base_model.model."
+# The prepared folder's record of its sources; a new version prepares folders again.
+MARKER = "AF3_THINK_ADAPTER.json"
+FORMAT_VERSION = 1
+
 _LORA_PARTS = (".lora_A.", ".lora_B.")
-# Every naming of a module the checkpoints use -> the official HF file names.
-_RENAMES = (
-    ("model.language_model.", "language_model.model."),
-    ("model.audio_tower.", "audio_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-    ("lm_head.", "language_model.lm_head."),
-    ("llm.", "language_model."),
-    ("sound_tower.", "audio_tower."),
-    ("sound_mm_projector.layers.0.", "multi_modal_projector.linear_1."),
-    ("sound_mm_projector.layers.2.", "multi_modal_projector.linear_2."),
-)
-_OFFICIAL_PREFIXES = ("language_model.", "audio_tower.", "multi_modal_projector.")
 
 
 class ThinkAdapterError(ValueError):
@@ -69,17 +64,12 @@ class ThinkAdapter:
         return {AUDIO_VARIANT_KWARG: "think"} if self.projector is not None else None
 
 
-def official_name(key: str) -> str:
+def _official_name(key: str) -> str:
     """A weight's name in the HF file layout, from any of the namings AF3 uses."""
-    name = key.removeprefix(_PEFT_PREFIX)
-    if name.startswith(("model.llm.", "model.sound_")):  # the llava model's own prefix
-        name = name.removeprefix("model.")
-    if name.startswith(_OFFICIAL_PREFIXES):
-        return name
-    for old, new in _RENAMES:
-        if name.startswith(old):
-            return new + name[len(old) :]
-    raise ThinkAdapterError(f"cannot tell which part of AF3 the weight '{key}' belongs to")
+    name = official_name(key)
+    if name is None:
+        raise ThinkAdapterError(f"cannot tell which part of AF3 the weight '{key}' belongs to")
+    return name
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -110,12 +100,12 @@ def _prepare_lora(think_dir: Path, out_dir: Path) -> int:
     for key, tensor in _adapter_weights(think_dir).items():
         if not any(part in key for part in _LORA_PARTS):
             raise ThinkAdapterError(f"the adapter holds '{key}', which is not a LoRA weight")
-        name = official_name(key)
+        name = _official_name(key)
         if not name.startswith("language_model."):
             raise ThinkAdapterError(
                 f"the adapter changes '{name}': LoRA outside the decoder is not supported"
             )
-        weights[_PEFT_PREFIX + name] = tensor.contiguous()
+        weights[PEFT_PREFIX + name] = tensor.contiguous()
         modules.add(name.split(".lora_")[0].rsplit(".", 1)[-1])
     if not weights:
         raise ThinkAdapterError(f"the adapter in {think_dir} holds no LoRA weights")
@@ -139,7 +129,7 @@ def _prepare_non_lora(think_dir: Path, base_dir: Path, out_dir: Path) -> tuple[P
         for name in base.names("multi_modal_projector."):
             projector[name] = base.get(name)
         for key, tensor in _load_tensors(path).items():
-            name = official_name(key)
+            name = _official_name(key)
             reference = base.get(name)
             if reference is None:
                 raise ThinkAdapterError(f"non_lora_trainables.bin holds '{key}', unknown to AF3")
@@ -192,21 +182,40 @@ class _BaseWeights:
         return None
 
 
-def prepare_think_adapter(base_dir: Path, think_dir: Path, out_dir: Path) -> ThinkAdapter:
-    """Check the adapter in `think_dir` against the base model and write what the engine
-    loads to `out_dir` (replaced if it exists)."""
-    if not (think_dir / "adapter_config.json").is_file():
-        raise ThinkAdapterError(f"{think_dir} holds no adapter_config.json")
-    shutil.rmtree(out_dir, ignore_errors=True)
+def _prepare(base_dir: Path, think_dir: Path, out_dir: Path) -> dict:
     lora_dir = out_dir / "lora"
-    lora_dir.mkdir(parents=True)
+    lora_dir.mkdir()
     rank = _prepare_lora(think_dir, lora_dir)
     projector, unchanged = _prepare_non_lora(think_dir, base_dir, out_dir)
-    logger.info(
-        "thinking adapter %s: LoRA rank %d; non-LoRA weights: %d equal to the base, %s",
-        think_dir,
-        rank,
-        unchanged,
-        "a retrained adaptor served to think requests" if projector else "no adaptor change",
+    return {"rank": rank, "projector": projector is not None, "unchanged": unchanged}
+
+
+def prepare_think_adapter(base_dir: Path, think_dir: Path, out_dir: Path) -> ThinkAdapter:
+    """Check the adapter in `think_dir` against the base model and write what the engine
+    loads to `out_dir`, unless `out_dir` was prepared from the same files before (the
+    base checkpoint's weights and everything in `think_dir`, sizes and mtimes)."""
+    base_dir, think_dir, out_dir = Path(base_dir), Path(think_dir), Path(out_dir)
+    if not (think_dir / "adapter_config.json").is_file():
+        raise ThinkAdapterError(f"{think_dir} holds no adapter_config.json")
+    key = prepared_cache.source_key(
+        FORMAT_VERSION,
+        {
+            "base": prepared_cache.Source(base_dir, "*.safetensors"),
+            "adapter": prepared_cache.Source(think_dir),
+        },
     )
-    return ThinkAdapter(lora_dir, rank, projector, unchanged)
+    record, built = prepared_cache.prepare(
+        out_dir, MARKER, key, lambda folder: _prepare(base_dir, think_dir, folder)
+    )
+    logger.info(
+        "thinking adapter %s (%s): LoRA rank %d; non-LoRA weights: %d equal to the base, %s",
+        think_dir,
+        "prepared now" if built else f"prepared earlier in {out_dir}",
+        record["rank"],
+        record["unchanged"],
+        "a retrained adaptor served to think requests"
+        if record["projector"]
+        else "no adaptor change",
+    )
+    projector = out_dir / THINK_PROJECTOR_FILE if record["projector"] else None
+    return ThinkAdapter(out_dir / "lora", record["rank"], projector, record["unchanged"])

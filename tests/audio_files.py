@@ -6,6 +6,8 @@ import io
 import numpy as np
 import soundfile as sf
 
+from af3_model_executor.constants import SAMPLE_RATE
+
 FORMATS = {
     "wav": ("WAV", "PCM_16"),
     "flac": ("FLAC", "PCM_16"),
@@ -14,18 +16,18 @@ FORMATS = {
 }
 
 
-def encode(audio: np.ndarray, fmt: str = "wav", rate: int = 16000) -> bytes:
+def encode(audio: np.ndarray, fmt: str = "wav", rate: int = SAMPLE_RATE) -> bytes:
     container, subtype = FORMATS[fmt]
     buffer = io.BytesIO()
     sf.write(buffer, audio, rate, format=container, subtype=subtype)
     return buffer.getvalue()
 
 
-def b64(audio: np.ndarray, fmt: str = "wav", rate: int = 16000) -> str:
+def b64(audio: np.ndarray, fmt: str = "wav", rate: int = SAMPLE_RATE) -> str:
     return base64.b64encode(encode(audio, fmt, rate)).decode()
 
 
-def audio_part(audio: np.ndarray, fmt: str = "wav", rate: int = 16000) -> dict:
+def audio_part(audio: np.ndarray, fmt: str = "wav", rate: int = SAMPLE_RATE) -> dict:
     return {"type": "input_audio", "input_audio": {"data": b64(audio, fmt, rate), "format": fmt}}
 
 

@@ -12,6 +12,7 @@ import numpy as np
 def main() -> None:
     from vllm import LLM, SamplingParams
 
+    from af3_model_executor.constants import SAMPLE_RATE
     from af3_model_executor.inspection import model_class_name
 
     checkpoint, prompt, audio_file, max_tokens = sys.argv[1:5]
@@ -24,7 +25,9 @@ def main() -> None:
         enforce_eager=True,
         seed=0,
     )
-    requests = [{"prompt": prompt, "multi_modal_data": {"audio": [(a, 16000)]}} for a in audios]
+    requests = [
+        {"prompt": prompt, "multi_modal_data": {"audio": [(a, SAMPLE_RATE)]}} for a in audios
+    ]
     outputs = llm.generate(requests, SamplingParams(max_tokens=int(max_tokens), temperature=0))
     model_class = llm.apply_model(model_class_name)[0]
     print(

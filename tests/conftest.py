@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from af3_model_executor.constants import SAMPLE_RATE
+
 # vLLM on CPU: a small KV cache is plenty for the tiny model.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # LLM.apply_model ships a function to the worker by pickle; tests only.
@@ -18,7 +20,6 @@ os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "tests"
-SAMPLE_RATE = 16000
 # The pyannote-audio wheel ships 30 s of real conversational speech (16 kHz).
 PYANNOTE_WHEEL = "pyannote-audio==4.0.7"
 
@@ -26,7 +27,7 @@ PYANNOTE_WHEEL = "pyannote-audio==4.0.7"
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Path:
     """The tiny AF3 with its thinking adapter in think/, as the HF port ships it."""
-    from af3_model_executor.tiny_checkpoint import build_checkpoint
+    from af3_model_executor.testing.tiny_checkpoint import build_checkpoint
 
     path = CACHE / "tiny-af3-think"
     if not (path / "AF3_TINY_CHECKPOINT.json").exists():

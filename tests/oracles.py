@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from af3_model_executor.constants import AUDIO_TOKEN
+
 PROMPT_QUESTION = "What is said in the audio?"
 
 
@@ -40,7 +42,7 @@ class HFReference:
 
     @torch.inference_mode()
     def embeddings(self, audio: np.ndarray) -> torch.Tensor:
-        inputs = self._inputs("<sound>", audio)
+        inputs = self._inputs(AUDIO_TOKEN, audio)
         return self.model.get_audio_features(
             inputs["input_features"], inputs["input_features_mask"]
         ).pooler_output

@@ -21,16 +21,21 @@ from transformers import (
     Qwen2Config,
 )
 
-from af3_model_executor import tiny_checkpoint as tiny_module
+from af3_model_executor.constants import (
+    AUDIO_TOKEN,
+    DEFAULT_SERVED_MODEL_NAME,
+    SAMPLE_RATE,
+    THINK_MODEL_SUFFIX,
+)
 from af3_model_executor.original_layout import (
     MARKER,
     ConversionError,
     convert,
     is_original_layout,
     resolve_model_dir,
-    write_original_layout,
 )
-from tests.conftest import SAMPLE_RATE
+from af3_model_executor.testing import tiny_checkpoint as tiny_module
+from af3_model_executor.testing.original_layout_writer import write_original_layout
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +134,7 @@ def load_original_by_hand(original: Path) -> AudioFlamingo3ForConditionalGenerat
             intermediate_size=tower["encoder_ffn_dim"],
             max_source_positions=tower["max_source_positions"],
         ),
-        audio_token_id=tokenizer.convert_tokens_to_ids("<sound>"),
+        audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
     )
     state = {}
     for key, tensor in tensors_of(original / "llm").items():
@@ -331,7 +336,7 @@ def test_resolve_model_dir_converts_once_and_again_after_a_source_change(
     assert served == str(cache / digest)
     marker = Path(served) / MARKER
     stamp = marker.stat().st_mtime_ns
-    assert json.loads(marker.read_text())["source"] == str(source.resolve())
+    assert json.loads(marker.read_text())["sources"]["checkpoint"] == str(source.resolve())
 
     assert resolve_model_dir(str(source), cache) == served
     assert marker.stat().st_mtime_ns == stamp
@@ -412,7 +417,7 @@ def test_af3_serve_serves_an_original_layout_folder_and_its_stage35_adapter(
 
     served = start_server(original, tmp_path / "original.log")
     try:
-        messages = [{"role": "user", "content": [audio_part(speech[: 16000 * 9])]}]
+        messages = [{"role": "user", "content": [audio_part(speech[: SAMPLE_RATE * 9])]}]
 
         def answer(url: str, model: str) -> str | None:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key=API_KEY, max_retries=0)
@@ -421,7 +426,7 @@ def test_af3_serve_serves_an_original_layout_folder_and_its_stage35_adapter(
             )
             return reply.choices[0].message.content
 
-        for model in ("audio-flamingo-3", "audio-flamingo-3-think"):
+        for model in (DEFAULT_SERVED_MODEL_NAME, DEFAULT_SERVED_MODEL_NAME + THINK_MODEL_SUFFIX):
             assert answer(served.url, model) == answer(server.url, model), model
         assert "converting original-layout checkpoint" in served.log_text()
     finally:

@@ -10,21 +10,22 @@ import pytest
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 
+from af3_model_executor.constants import MAX_AUDIO_SECONDS, SAMPLE_RATE
 from tests.conftest import make_clip
 from tests.oracles import chat_prompt
 
 
 def generate(llm, prompt: str, audio: np.ndarray) -> list[int]:
     (out,) = llm.generate(
-        {"prompt": prompt, "multi_modal_data": {"audio": [(audio, 16000)]}},
+        {"prompt": prompt, "multi_modal_data": {"audio": [(audio, SAMPLE_RATE)]}},
         SamplingParams(max_tokens=4, temperature=0),
     )
     return list(out.outputs[0].token_ids)
 
 
 def test_audio_over_ten_minutes_is_refused(llm, tiny_checkpoint, speech) -> None:
-    with pytest.raises(ValueError, match=r"maximum is 600 s"):
-        generate(llm, chat_prompt(tiny_checkpoint), make_clip(speech, 600.5))
+    with pytest.raises(ValueError, match=f"maximum is {MAX_AUDIO_SECONDS} s"):
+        generate(llm, chat_prompt(tiny_checkpoint), make_clip(speech, MAX_AUDIO_SECONDS + 0.5))
 
 
 def test_audio_shorter_than_one_token_is_refused(llm, tiny_checkpoint, speech) -> None:
@@ -41,7 +42,7 @@ def test_more_audios_than_the_limit_are_refused(llm, tiny_checkpoint, speech) ->
     clip = make_clip(speech, 1.0)
     with pytest.raises(VLLMValidationError, match=r"At most 8 audio"):
         llm.generate(
-            {"prompt": prompt, "multi_modal_data": {"audio": [(clip, 16000)] * 9}},
+            {"prompt": prompt, "multi_modal_data": {"audio": [(clip, SAMPLE_RATE)] * 9}},
             SamplingParams(max_tokens=1),
         )
 

@@ -9,11 +9,12 @@ import torch
 from vllm import SamplingParams
 
 from af3_model_executor import ARCHITECTURE
+from af3_model_executor.constants import MAX_AUDIO_SECONDS, SAMPLE_RATE
 from af3_model_executor.inspection import audio_embeddings, model_class_name
 from tests.conftest import make_clip
 from tests.oracles import HFReference, builtin_vllm_generate, chat_prompt
 
-CLIP_SECONDS = [1.0, 7.3, 30.0, 45.0, 61.0, 600.0]
+CLIP_SECONDS = [1.0, 7.3, 30.0, 45.0, 61.0, float(MAX_AUDIO_SECONDS)]
 MAX_TOKENS = 16
 
 
@@ -28,7 +29,7 @@ def ours_embeddings(llm, audios: list[np.ndarray]) -> list[torch.Tensor]:
 
 def ours_generate(llm, prompt: str, audio_lists: list[list[np.ndarray]]) -> list[list[int]]:
     requests = [
-        {"prompt": prompt, "multi_modal_data": {"audio": [(a, 16000) for a in audios]}}
+        {"prompt": prompt, "multi_modal_data": {"audio": [(a, SAMPLE_RATE) for a in audios]}}
         for audios in audio_lists
     ]
     outputs = llm.generate(requests, SamplingParams(max_tokens=MAX_TOKENS, temperature=0))
@@ -53,7 +54,7 @@ def test_placeholder_count_and_prompt_match_transformers(llm, hf, tiny_checkpoin
     clip = make_clip(speech, seconds)
     prompt = chat_prompt(tiny_checkpoint)
     (output,) = llm.generate(
-        {"prompt": prompt, "multi_modal_data": {"audio": [(clip, 16000)]}},
+        {"prompt": prompt, "multi_modal_data": {"audio": [(clip, SAMPLE_RATE)]}},
         SamplingParams(max_tokens=1, temperature=0),
     )
     assert output.prompt_token_ids == hf.prompt_token_ids(prompt, clip)

@@ -8,13 +8,14 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from af3_model_executor.constants import DEFAULT_SERVED_MODEL_NAME, THINK_MODEL_SUFFIX
 from af3_model_executor.think_adapter import THINK_SUFFIX
 from tests.audio_files import as_sent, audio_part
 from tests.conftest import make_clip
 from tests.oracles import HFReference, HFThinkReference, chat_prompt
 
-MODEL = "audio-flamingo-3"
-THINK = "audio-flamingo-3-think"
+MODEL = DEFAULT_SERVED_MODEL_NAME
+THINK = MODEL + THINK_MODEL_SUFFIX
 QUESTION = "What is said in the audio?"
 MAX_TOKENS = 12
 

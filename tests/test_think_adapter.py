@@ -1,6 +1,7 @@
 """What the server makes of a thinking adapter's files before the engine starts."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from af3_model_executor.think_adapter import (
     THINK_PROJECTOR_FILE,
@@ -111,6 +112,41 @@ def test_whole_retrained_modules_are_refused(
     (think / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ThinkAdapterError, match="lm_head"):
         prepare_think_adapter(tiny_checkpoint, think, tmp_path / "out")
+
+
+def test_a_prepared_adapter_is_reused_until_a_source_file_changes(
+    tiny_checkpoint: Path, think: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = prepare_think_adapter(tiny_checkpoint, think, out)
+    lora_file = first.lora_dir / "adapter_model.safetensors"
+    built = lora_file.stat()
+
+    # Unchanged sources: the same folder, not written again (the same file, same mtime).
+    assert prepare_think_adapter(tiny_checkpoint, think, out) == first
+    assert (lora_file.stat().st_ino, lora_file.stat().st_mtime_ns) == (
+        built.st_ino,
+        built.st_mtime_ns,
+    )
+
+    # A source file touched (same bytes, new mtime): prepared again, with the same result.
+    source = think / "adapter_model.safetensors"
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert prepare_think_adapter(tiny_checkpoint, think, out) == first
+    assert lora_file.stat().st_ino != built.st_ino
+    assert [p.name for p in tmp_path.iterdir() if p.name != "think"] == ["out"]
+
+    # Another base checkpoint: prepared again, and what it finds reflects the new base.
+    base = tmp_path / "base"
+    shutil.copytree(tiny_checkpoint, base, ignore=shutil.ignore_patterns("think"))
+    non_lora = torch.load(think / NON_LORA, weights_only=True)
+    with_think_adaptor = load_file(base / "model.safetensors")
+    for key, tensor in non_lora.items():
+        with_think_adaptor[key.removeprefix("base_model.model.model.")] = tensor
+    save_file(with_think_adaptor, base / "model.safetensors")
+    again = prepare_think_adapter(base, think, out)
+    assert again.projector is None and again.unchanged == len(non_lora)
 
 
 def test_the_server_refuses_to_start_with_a_bad_adapter(

@@ -7,6 +7,7 @@ tokenizer special tokens, feature-extractor settings and chat template.
 
 import argparse
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,38 +17,23 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AudioFlamingo3Config,
     AudioFlamingo3ForConditionalGeneration,
-    AudioFlamingo3Processor,
-    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
-    WhisperFeatureExtractor,
 )
 
-AUDIO_TOKEN = "<sound>"
+from af3_model_executor.constants import AUDIO_TOKEN
+from af3_model_executor.processor_files import AUDIO_PLACEHOLDER, chatml_template, save_processor
+from af3_model_executor.testing.original_layout_writer import write_original_layout
+from af3_model_executor.weight_names import official_name
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", AUDIO_TOKEN]
-
-
-def chatml_template(list_content: str) -> str:
-    """ChatML with a default system turn; `list_content` renders a message whose content
-    is a list of parts (`part`), string contents are written as they are."""
-    return (
-        "{% if messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-        "{% endif %}"
-        "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-        "{% if message['content'] is string %}"
-        "{{ message['content'] }}"
-        "{% else %}" + list_content + "{% endif %}"
-        "{{ '<|im_end|>\\n' }}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-    )
 
 
 # Renders like the real checkpoint's template: every audio of a user turn as one `<sound>`
 # at its start, the turn's text right after it.
 CHAT_TEMPLATE = chatml_template(
-    "{% for part in message['content'] if part['type'] == 'audio' %}{{ '<sound>' }}{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'audio' %}"
+    + AUDIO_PLACEHOLDER
+    + "{% endfor %}"
     "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
 )
 
@@ -147,16 +133,11 @@ def build_config(preset: Preset, tokenizer: PreTrainedTokenizerFast) -> AudioFla
 
 
 def official_key(hf_key: str) -> str:
-    """Map a key of transformers' in-memory module tree to the published layout."""
-    for prefix, official in (
-        ("model.audio_tower.", "audio_tower."),
-        ("model.multi_modal_projector.", "multi_modal_projector."),
-        ("model.language_model.", "language_model.model."),
-        ("lm_head.", "language_model.lm_head."),
-    ):
-        if hf_key.startswith(prefix):
-            return official + hf_key[len(prefix) :]
-    raise KeyError(f"unexpected parameter {hf_key}")
+    """The published file name of a key of transformers' in-memory module tree."""
+    name = official_name(hf_key)
+    if name is None:
+        raise KeyError(f"unexpected parameter {hf_key}")
+    return name
 
 
 def build_think_adapter(
@@ -189,25 +170,6 @@ def build_think_adapter(
         if name.startswith("model.multi_modal_projector.")
     }
     torch.save(projector, out_dir / "non_lora_trainables.bin")
-
-
-def save_processor(tokenizer: PreTrainedTokenizerBase, chat_template: str, out_dir: Path) -> None:
-    """AF3's processor files: Whisper features (128 mels, 30-s windows), 600 s at most."""
-    feature_extractor = WhisperFeatureExtractor(
-        feature_size=128,
-        sampling_rate=16000,
-        hop_length=160,
-        n_fft=400,
-        chunk_length=30,
-        return_attention_mask=True,
-    )
-    processor = AudioFlamingo3Processor(
-        feature_extractor=feature_extractor,
-        tokenizer=tokenizer,
-        chat_template=chat_template,
-        max_audio_len=600,
-    )
-    processor.save_pretrained(out_dir)
 
 
 def build_checkpoint(
@@ -254,11 +216,6 @@ def main() -> None:
     if args.layout == "hf":
         path = build_checkpoint(args.out_dir, args.preset, args.seed, args.think)
     else:
-        # Imported here: original_layout imports this module.
-        import tempfile
-
-        from af3_model_executor.original_layout import write_original_layout
-
         with tempfile.TemporaryDirectory() as tmp:
             hf_dir = build_checkpoint(Path(tmp), args.preset, args.seed, args.think)
             path = write_original_layout(hf_dir, args.out_dir)
