@@ -5,7 +5,7 @@ server refuses cheaply instead of decoding audio it will not serve."""
 from dataclasses import dataclass
 
 from af3_serve import metrics
-from af3_serve.errors import APIError
+from af3_serve.edge.errors import APIError
 
 
 @dataclass

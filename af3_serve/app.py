@@ -1,4 +1,5 @@
-"""The FastAPI application: routes other than chat, middleware, and the engine's life."""
+"""The FastAPI application: middleware, the routers, the small routes (models, health,
+version, metrics) and the engine's life."""
 
 import asyncio
 import logging
@@ -13,18 +14,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from vllm.engine.protocol import EngineClient
 
 from af3_model_executor import ARCHITECTURE
-from af3_serve import __version__
-from af3_serve.chat import router as chat_router
+from af3_serve import __version__, metrics
+from af3_serve.chat.router import router as chat_router
 from af3_serve.config import ServerConfig
 from af3_serve.demo import mount_demo_page
-from af3_serve.dependencies import require_api_key, require_api_key_if_protected
-from af3_serve.errors import install_error_handlers
-from af3_serve.limits import BodyLimits
+from af3_serve.edge.auth import require_api_key, require_api_key_if_protected
+from af3_serve.edge.errors import install_error_handlers
+from af3_serve.edge.limits import BodyLimits
+from af3_serve.edge.request_log import RequestLog
 from af3_serve.model_files import ModelFiles
-from af3_serve.protocol import ModelCard, ModelList
-from af3_serve.request_log import RequestLog
-from af3_serve.runtime import Runtime
-from af3_serve.speech import router as speech_router
+from af3_serve.models import ModelList
+from af3_serve.runtime import Runtime, get_runtime
+from af3_serve.speech.router import router as speech_router
 
 logger = logging.getLogger("af3_serve")
 
@@ -59,17 +60,16 @@ def create_app(
                 "noise; use it to try the API, not the model",
                 files.model_dir,
             )
-        engine = start_engine()
-        runtime = Runtime(config, engine, files)
+        runtime = Runtime(config, start_engine(), files)
         app.state.runtime = runtime
         watcher = asyncio.create_task(_watch_engine(runtime, on_engine_dead))
         try:
             yield
         finally:
             watcher.cancel()
-            runtime.decode_pool.shutdown(wait=False, cancel_futures=True)
-            engine.shutdown()
+            runtime.shutdown()
 
+    metrics.initialise_labels()
     app = FastAPI(title="af3-serve", version=__version__, lifespan=lifespan)
     app.add_middleware(
         BodyLimits,
@@ -83,29 +83,11 @@ def create_app(
 
     @app.get("/v1/models", dependencies=[Depends(require_api_key)])
     async def models(request: Request) -> ModelList:
-        runtime: Runtime = request.app.state.runtime
-        cards = [
-            ModelCard(
-                id=config.served_model_name,
-                created=runtime.created,
-                max_model_len=runtime.max_model_len,
-            )
-        ]
-        if runtime.think is not None:
-            cards.append(
-                ModelCard(
-                    id=config.think_name,
-                    created=runtime.created,
-                    max_model_len=runtime.max_model_len,
-                    root=config.served_model_name,
-                    parent=config.served_model_name,
-                )
-            )
-        return ModelList(data=cards)
+        return get_runtime(request).models.cards()
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
-        runtime: Runtime = request.app.state.runtime
+        runtime = get_runtime(request)
         if runtime.engine_dead or runtime.engine.errored:
             return JSONResponse({"status": "engine_dead"}, status_code=503)
         return JSONResponse({"status": "ok"})

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             host=config.host,
             port=config.port,
             log_level="info",
-            access_log=False,  # af3_serve.request_log writes one line per request, with its id
+            access_log=False,  # af3_serve.edge.request_log writes one line per request, with its id
             timeout_graceful_shutdown=600,  # SIGTERM: finish in-flight requests first
         )
     )

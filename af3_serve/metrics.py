@@ -38,6 +38,29 @@ CLIENT_DISCONNECTS = Counter(
 IN_FLIGHT = Gauge("af3_requests_in_flight", "Requests admitted and not finished.")
 TIME_TO_FIRST_TOKEN = Histogram(
     "af3_time_to_first_token_seconds",
-    "From request arrival to the first generated token.",
+    "From request arrival to the first generated token, whether streamed or answered whole.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80),
 )
+
+# Every label value the counters above take, so that each series exists at 0 from the start:
+# Grafana's panels and rate() alerts see 0 instead of "No data" before the first event.
+REJECT_REASONS = (
+    "too_many_pending",
+    "too_many_pending_for_client",
+    "audio_backlog",
+    "engine_dead",
+    "body_too_large",
+    "body_read_timeout",
+)
+DISCONNECT_ENDPOINTS = ("upload",) + tuple(
+    endpoint + stage
+    for endpoint in ("chat", "transcriptions", "translations")
+    for stage in ("_prepare", "", "_stream")
+)
+
+
+def initialise_labels() -> None:
+    for reason in REJECT_REASONS:
+        REJECTED.labels(reason)
+    for endpoint in DISCONNECT_ENDPOINTS:
+        CLIENT_DISCONNECTS.labels(endpoint)

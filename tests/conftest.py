@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +167,23 @@ def aclient(server) -> "object":
     from tests.server import API_KEY
 
     return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+
+
+# Fixtures that boot a real vLLM engine; tests that use them are marked `engine`. Tests that
+# start an engine themselves carry @pytest.mark.engine.
+ENGINE_FIXTURES = {"server", "client", "aclient", "llm", "strict_server", "own_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
+
+
+@pytest.fixture
+async def http(tiny_checkpoint: Path, tmp_path_factory) -> AsyncIterator["object"]:
+    """af3-serve in this process on the fake engine (tests/in_process.py), default flags."""
+    from tests.in_process import in_process_server
+
+    async with in_process_server(tiny_checkpoint, tmp_path_factory.mktemp("af3-cache")) as app:
+        yield app

@@ -405,6 +405,7 @@ def test_tiny_builder_writes_the_original_layout(
     assert [p.name for p in tmp_path.iterdir()] == ["tiny-original"]
 
 
+@pytest.mark.engine
 def test_af3_serve_serves_an_original_layout_folder_and_its_stage35_adapter(
     original: Path, server, speech, tmp_path: Path
 ) -> None:

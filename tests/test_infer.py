@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from af3_model_executor.think_adapter import THINK_SUFFIX
-from af3_serve.prompts import with_think_suffix
+from af3_serve.inputs.prompts import with_think_suffix
 from tests.server import API_KEY
 
 QUESTION = "What is said in the audio?"
@@ -43,6 +43,7 @@ def test_think_appends_af3s_suffix_once_to_the_last_user_turn() -> None:
     assert turns[2]["content"][0]["text"] == f"Then? {THINK_SUFFIX}"
 
 
+@pytest.mark.engine
 @pytest.mark.parametrize("mode", [[], ["--think"]], ids=["base", "think"])
 def test_in_process_answer_equals_the_servers(
     server, tiny_checkpoint, espeak_wav, mode: list[str]

@@ -51,6 +51,7 @@ def test_engine_still_serves_after_refusals(llm, tiny_checkpoint, speech) -> Non
     assert len(generate(llm, chat_prompt(tiny_checkpoint), make_clip(speech, 5.0))) == 4
 
 
+@pytest.mark.engine
 def test_no_silent_fallback_without_our_plugin(tiny_checkpoint) -> None:
     """With our plugin not loaded, asking for our architecture fails loudly."""
     code = (

@@ -11,7 +11,7 @@ import soundfile as sf
 import srt
 import webvtt
 
-from af3_serve.transcripts import clean
+from af3_serve.speech.transcripts import clean
 from tests.audio_files import encode
 from tests.conftest import make_clip
 from tests.server import API_KEY
@@ -162,7 +162,7 @@ def test_wrapper_phrasing_is_removed(answer: str, transcript: str) -> None:
 
 @pytest.mark.parametrize("size", [1, 3, 7])
 def test_wrapper_removal_is_the_same_when_streamed(size: int) -> None:
-    from af3_serve.transcripts import TranscriptCleaner
+    from af3_serve.speech.transcripts import TranscriptCleaner
 
     for answer in ('The spoken content of the audio is "Hello there."', "The cat sat."):
         cleaner = TranscriptCleaner()

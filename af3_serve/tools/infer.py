@@ -118,8 +118,8 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
     from af3_model_executor.constants import DEFAULT_MODEL
     from af3_serve.config import DEFAULT_CACHE_DIR, ENGINE_DEFAULTS
     from af3_serve.engine import model_engine_args
+    from af3_serve.inputs.prompts import with_think_suffix
     from af3_serve.model_files import ModelFilesError, resolve_model_files
-    from af3_serve.prompts import with_think_suffix
 
     audios = [librosa.load(path, sr=SAMPLE_RATE, mono=True)[0] for path in args.audio]
     think_adapter = "auto" if args.think else "none"

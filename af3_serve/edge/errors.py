@@ -6,9 +6,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from af3_serve.protocol import ErrorBody, ErrorResponse
 
 logger = logging.getLogger("af3_serve")
 
@@ -23,6 +22,17 @@ _TYPES = {
     500: "server_error",
     503: "service_unavailable",
 }
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
 
 
 class APIError(Exception):

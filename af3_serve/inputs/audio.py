@@ -12,9 +12,9 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-from af3_serve.errors import APIError
+from af3_model_executor.constants import SAMPLE_RATE
+from af3_serve.edge.errors import APIError
 
-TARGET_RATE = 16000
 MAX_SAMPLE_RATE = 384000
 MAX_CHANNELS = 32
 _BLOCK_SECONDS = 10
@@ -90,8 +90,8 @@ def _read_limited(f: sf.SoundFile, limits: AudioLimits, param: str) -> np.ndarra
         raise APIError(
             400, "The audio holds NaN or infinite samples.", param=param, code="invalid_audio"
         )
-    if rate != TARGET_RATE:
-        audio = librosa.resample(audio, orig_sr=rate, target_sr=TARGET_RATE, res_type="soxr_hq")
+    if rate != SAMPLE_RATE:
+        audio = librosa.resample(audio, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 

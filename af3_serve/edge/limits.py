@@ -7,7 +7,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from af3_serve import metrics
-from af3_serve.errors import APIError
+from af3_serve.edge.errors import APIError
 
 
 class BodyLimits:

@@ -1,0 +1,177 @@
+"""A chat request's engine work turned into OpenAI's answer: sampling parameters from the
+body, then one `chat.completion` or a stream of `chat.completion.chunk`s."""
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
+from vllm.logprobs import SampleLogprobs
+from vllm.outputs import CompletionOutput
+from vllm.sampling_params import RequestOutputKind
+
+from af3_serve.chat.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    PromptTokensDetails,
+    ResponseMessage,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    completion_id,
+)
+from af3_serve.edge.errors import APIError
+from af3_serve.serving import ServedRequest
+
+
+def sampling_params(
+    body: ChatCompletionRequest, prompt_len: int, max_model_len: int
+) -> SamplingParams:
+    room = max_model_len - prompt_len
+    max_tokens = body.max_completion_tokens or body.max_tokens or room
+    if max_tokens > room:
+        raise APIError(
+            400,
+            f"max_tokens is {max_tokens}, but only {room} tokens are left in "
+            f"the model's context after the {prompt_len}-token prompt.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
+    try:
+        return SamplingParams(
+            n=body.n,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            max_tokens=max_tokens,
+            stop=body.stop,
+            seed=body.seed,
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
+            repetition_penalty=body.repetition_penalty,
+            min_tokens=min(body.min_tokens, max_tokens),
+            ignore_eos=body.ignore_eos,
+            logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+            output_kind=RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY,
+        )
+    except (ValueError, VLLMValidationError) as exc:
+        raise APIError(400, str(exc), code="invalid_value") from exc
+
+
+def _logprobs(output: CompletionOutput, top: int) -> ChoiceLogprobs | None:
+    if output.logprobs is None:
+        return None
+    entries = []
+    sample: SampleLogprobs = output.logprobs
+    for token_id, candidates in zip(output.token_ids, sample, strict=True):
+        chosen = candidates[token_id]
+        ranked = sorted(candidates.values(), key=lambda lp: lp.rank or 0)[:top]
+        entries.append(
+            TokenLogprob(
+                token=chosen.decoded_token or "",
+                logprob=chosen.logprob,
+                bytes=list((chosen.decoded_token or "").encode()),
+                top_logprobs=[
+                    TopLogprob(
+                        token=lp.decoded_token or "",
+                        logprob=lp.logprob,
+                        bytes=list((lp.decoded_token or "").encode()),
+                    )
+                    for lp in ranked
+                ],
+            )
+        )
+    return ChoiceLogprobs(content=entries)
+
+
+class ChatAnswer:
+    """The engine request of one admitted chat request, answered whole or streamed."""
+
+    def __init__(
+        self,
+        served: ServedRequest,
+        body: ChatCompletionRequest,
+        engine_input: Any,
+        params: SamplingParams,
+        think: bool,
+        audio_token_id: int,
+    ) -> None:
+        self.served = served
+        self.body = body
+        self.engine_input = engine_input
+        self.params = params
+        self.think = think
+        self.id = completion_id()
+        self.top = body.top_logprobs or 0
+        self.prompt_ids: list[int] = engine_input["prompt_token_ids"]
+        self.audio_tokens = sum(1 for t in self.prompt_ids if t == audio_token_id)
+
+    def _outputs(self) -> AsyncIterator[Any]:
+        return self.served.generate(self.engine_input, self.params, self.id, self.think)
+
+    def _usage(self, completion_tokens: int, cached_tokens: int) -> Usage:
+        return Usage(
+            prompt_tokens=len(self.prompt_ids),
+            completion_tokens=completion_tokens,
+            total_tokens=len(self.prompt_ids) + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(
+                audio_tokens=self.audio_tokens, cached_tokens=cached_tokens
+            ),
+        )
+
+    async def completion(self) -> ChatCompletion:
+        final = None
+        async for out in self._outputs():
+            final = out
+        assert final is not None
+        choices = [
+            Choice(
+                index=o.index,
+                message=ResponseMessage(content=o.text),
+                finish_reason=o.finish_reason,
+                logprobs=_logprobs(o, self.top),
+            )
+            for o in final.outputs
+        ]
+        completion_tokens = sum(len(o.token_ids) for o in final.outputs)
+        return ChatCompletion(
+            id=self.id,
+            model=self.body.model,
+            choices=choices,
+            usage=self._usage(completion_tokens, final.num_cached_tokens or 0),
+        )
+
+    async def chunks(self) -> AsyncIterator[str]:
+        """OpenAI's chunk format, as JSON payloads for `ServedRequest.stream`."""
+        created = int(time.time())
+
+        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+            return ChatCompletionChunk(
+                id=self.id, created=created, model=self.body.model, choices=choices, usage=usage
+            ).model_dump_json(exclude_none=True)
+
+        role = Delta(role="assistant", content="")
+        yield chunk([ChunkChoice(index=i, delta=role) for i in range(self.body.n)])
+        completion_tokens = cached_tokens = 0
+        async for out in self._outputs():
+            cached_tokens = out.num_cached_tokens or cached_tokens
+            for o in out.outputs:
+                completion_tokens += len(o.token_ids)
+                if o.text or o.finish_reason:
+                    delta = ChunkChoice(
+                        index=o.index,
+                        delta=Delta(content=o.text or None),
+                        finish_reason=o.finish_reason,
+                        logprobs=_logprobs(o, self.top),
+                    )
+                    yield chunk([delta])
+        if self.body.stream_options and self.body.stream_options.include_usage:
+            yield chunk([], self._usage(completion_tokens, cached_tokens))

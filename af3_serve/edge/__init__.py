@@ -1,0 +1,1 @@
+"""The HTTP edge: errors, body limits, request ids and logs, API keys."""

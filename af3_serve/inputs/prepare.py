@@ -1,0 +1,123 @@
+"""A request's audios and conversation -> the engine's input: audio fetched and decoded off
+the event loop (its seconds reserved against the backlog first), the prompt rendered by
+vLLM's renderer, which runs our multimodal processor."""
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from transformers import AutoTokenizer
+from vllm.engine.protocol import EngineClient
+from vllm.exceptions import VLLMValidationError
+
+from af3_model_executor.constants import SAMPLE_RATE
+from af3_model_executor.think_adapter import ThinkAdapter
+from af3_serve import metrics
+from af3_serve.admission import Admission, Ticket
+from af3_serve.config import ServerConfig
+from af3_serve.edge.errors import APIError
+from af3_serve.inputs.audio import AudioLimits, decode_audio, header_seconds
+from af3_serve.inputs.media import MediaPolicy, load_audio_bytes
+from af3_serve.inputs.prompts import AudioRef, with_think_suffix
+
+
+class InputPreparer:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: EngineClient,
+        model_dir: str,
+        think: ThinkAdapter | None,
+        admission: Admission,
+    ) -> None:
+        self.engine = engine
+        self.think = think
+        self.admission = admission
+        self.max_audio_seconds = config.max_audio_seconds
+        self.max_audios = config.max_audios_per_request
+        self.max_model_len = engine.model_config.max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.media = MediaPolicy(
+            max_bytes=config.max_request_bytes,
+            allowed_domains=config.allowed_media_domains,
+            allowed_local_path=config.allowed_local_media_path,
+            allow_private_addresses=config.allow_private_media_addresses,
+        )
+        self.limits = AudioLimits(config.max_audio_seconds, config.max_decoded_audio_bytes)
+        # Decoding runs here, off the event loop; libsndfile and soxr release the GIL.
+        self.decode_pool = ThreadPoolExecutor(config.audio_decode_workers, "af3-decode")
+
+    async def decode(self, data: bytes, param: str, ticket: Ticket) -> np.ndarray:
+        """Reserve the audio's seconds from its header (refusing cheaply when the backlog
+        is full), decode off the event loop, then reserve whatever the header understated."""
+        claimed = min(header_seconds(data) or 0.0, self.max_audio_seconds)
+        self.admission.reserve_audio(ticket, claimed)
+        start = time.perf_counter()
+        audio = await asyncio.get_running_loop().run_in_executor(
+            self.decode_pool, decode_audio, data, self.limits, param
+        )
+        seconds = audio.size / SAMPLE_RATE
+        if seconds > claimed:
+            self.admission.reserve_audio(ticket, seconds - claimed)
+        metrics.AUDIO_DECODE_SECONDS.observe(time.perf_counter() - start)
+        metrics.AUDIO_SECONDS.inc(seconds)
+        return audio
+
+    async def load_audios(self, refs: list[AudioRef], ticket: Ticket) -> list[np.ndarray]:
+        if len(refs) > self.max_audios:
+            raise APIError(
+                400,
+                f"At most {self.max_audios} audios may be sent in one request; got {len(refs)}.",
+                param="messages",
+                code="too_many_audios",
+            )
+        audios = []
+        for ref in refs:
+            data = await load_audio_bytes(ref.part, self.media, ref.param)
+            audios.append(await self.decode(data, ref.param, ticket))
+        metrics.REQUEST_AUDIO_SECONDS.observe(sum(a.size for a in audios) / SAMPLE_RATE)
+        return audios
+
+    async def render(
+        self, conversation: list[dict[str, Any]], audios: list[np.ndarray], think: bool = False
+    ) -> Any:
+        """Prompt tokens with each `<sound>` expanded, run through our processor. Thinking
+        mode gets AF3's suffix on the question and, when its adapter retrained the adaptor,
+        sends the audios through that one."""
+        if think:
+            conversation = with_think_suffix(conversation)
+        try:
+            prompt = self.tokenizer.apply_chat_template(
+                conversation, tokenize=False, add_generation_prompt=True
+            )
+            prompt.encode()
+        except UnicodeError as exc:  # e.g. a lone surrogate from a JSON \ud800 escape
+            raise APIError(
+                400,
+                "The messages hold text that is not valid Unicode.",
+                param="messages",
+                code="invalid_text",
+            ) from exc
+        request: dict[str, Any] = {"prompt": prompt}
+        if audios:
+            request["multi_modal_data"] = {"audio": [(a, SAMPLE_RATE) for a in audios]}
+            if think and self.think is not None and (kwargs := self.think.mm_processor_kwargs()):
+                request["mm_processor_kwargs"] = kwargs
+        try:
+            (engine_input,) = await self.engine.renderer.render_cmpl_async([request])
+        except (ValueError, VLLMValidationError) as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_audio") from exc
+        if len(engine_input["prompt_token_ids"]) >= self.max_model_len:
+            raise APIError(
+                400,
+                f"The prompt is {len(engine_input['prompt_token_ids'])} tokens; "
+                f"the model's context is {self.max_model_len}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return engine_input
+
+    def shutdown(self) -> None:
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)

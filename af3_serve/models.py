@@ -1,0 +1,73 @@
+"""The models a server answers to: the base model and, with a thinking adapter, the thinking
+model; which one a request names, and the /v1/models list."""
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel
+
+from af3_serve.config import ServerConfig
+from af3_serve.edge.errors import APIError
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "af3-serve"
+    max_model_len: int
+    root: str | None = None  # for the thinking model: the base model it adapts
+    parent: str | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ServedModels:
+    def __init__(self, config: ServerConfig, has_think: bool, max_model_len: int) -> None:
+        self.base = config.served_model_name
+        self.aliases = {config.served_model_name, config.model}
+        self.think = config.think_name if has_think else None
+        self.max_model_len = max_model_len
+        self.created = int(time.time())
+
+    def is_think(self, model: str, thinking: bool | None = None) -> bool:
+        """Whether a request runs in thinking mode, asked for by the model name or by the
+        `thinking` field; refuses models we do not serve."""
+        if model == self.think:
+            if thinking is False:
+                raise APIError(
+                    400,
+                    f"The model '{model}' always thinks; use '{self.base}' for answers "
+                    "without thinking.",
+                    param="thinking",
+                )
+            return True
+        if model not in self.aliases:
+            raise APIError(
+                404, f"The model '{model}' does not exist.", param="model", code="model_not_found"
+            )
+        if thinking and self.think is None:
+            raise APIError(
+                400,
+                "Thinking mode is not available: the server runs without a thinking adapter.",
+                param="thinking",
+                code="thinking_unavailable",
+            )
+        return bool(thinking)
+
+    def cards(self) -> ModelList:
+        cards = [ModelCard(id=self.base, created=self.created, max_model_len=self.max_model_len)]
+        if self.think is not None:
+            cards.append(
+                ModelCard(
+                    id=self.think,
+                    created=self.created,
+                    max_model_len=self.max_model_len,
+                    root=self.base,
+                    parent=self.base,
+                )
+            )
+        return ModelList(data=cards)

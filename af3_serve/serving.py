@@ -1,0 +1,151 @@
+"""One path for every request that generates (chat and speech), forward only:
+
+    admit -> prepare the inputs (client watched) -> engine -> answer or stream -> release
+
+A client that leaves cancels the work, which aborts the engine requests; engine failures
+become OpenAI-shaped errors (or, mid-stream, an error event); the admission is released
+exactly once, however the request ends."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+from fastapi import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
+from vllm.outputs import RequestOutput
+from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.metrics.stats import RequestStateStats
+
+from af3_serve import metrics
+from af3_serve.admission import Ticket
+from af3_serve.edge.errors import APIError
+from af3_serve.runtime import ENGINE_DEAD_MESSAGE, Runtime
+
+T = TypeVar("T")
+
+
+def sse(payload: str) -> str:
+    """One server-sent event; `payload` is JSON (or [DONE])."""
+    return f"data: {payload}\n\n"
+
+
+def engine_dead_error() -> APIError:
+    return APIError(503, ENGINE_DEAD_MESSAGE, code="engine_dead")
+
+
+class ServedRequest:
+    """One API request that runs engine requests; `endpoint` labels its metrics."""
+
+    def __init__(self, runtime: Runtime, request: Request, endpoint: str) -> None:
+        self.runtime = runtime
+        self.request = request
+        self.endpoint = endpoint
+        self.arrival = time.time()  # wall clock, as the engine's own timestamps
+        self.ticket: Ticket | None = None
+        self._first_token_seen = False
+
+    async def prepare(self, work: Callable[[Ticket], Awaitable[T]]) -> T:
+        """Admit (503/429 before any work), then run `work` (fetch, decode, render) while
+        watching the client."""
+        self.ticket = self.runtime.admit(self.request.state.client)
+        try:
+            return await self._until_disconnect(work(self.ticket), self.endpoint + "_prepare")
+        except BaseException:
+            self.release()
+            raise
+
+    async def generate(
+        self, engine_input: Any, params: SamplingParams, request_id: str, think: bool = False
+    ) -> AsyncIterator[RequestOutput]:
+        """The engine's outputs for one engine request; the request's first token is timed."""
+        async for output in self.runtime.generate(engine_input, params, request_id, think):
+            if not self._first_token_seen:
+                self._first_token_seen = True
+                metrics.TIME_TO_FIRST_TOKEN.observe(_first_token_time(output) - self.arrival)
+            yield output
+
+    async def answer(self, work: Awaitable[T]) -> T:
+        """A whole answer: engine errors mapped, a disconnect aborts it, then released."""
+        try:
+            return await self._until_disconnect(_engine_errors(work), self.endpoint)
+        finally:
+            self.release()
+
+    def stream(self, events: AsyncIterator[str], done: bool = True) -> StreamingResponse:
+        """Server-sent events from `events` (JSON payloads); an engine that dies mid-stream
+        gives an error event; chat streams end with `data: [DONE]` (`done`)."""
+        return _ReleasingStream(self._frame(events, done), self.release)
+
+    async def _frame(self, events: AsyncIterator[str], done: bool) -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield sse(event)
+        except (asyncio.CancelledError, GeneratorExit):
+            metrics.CLIENT_DISCONNECTS.labels(self.endpoint + "_stream").inc()
+            raise
+        except EngineDeadError:
+            yield sse(engine_dead_error().body().model_dump_json())
+        finally:
+            self.release()
+        if done:
+            yield sse("[DONE]")
+
+    def release(self) -> None:
+        if self.ticket is not None:
+            self.runtime.admission.release(self.ticket)
+
+    async def _until_disconnect(self, work: Awaitable[T], endpoint: str) -> T:
+        """Run `work`, cancelling it (and so aborting engine requests) if the client leaves."""
+        task = asyncio.ensure_future(work)
+
+        async def disconnected() -> None:
+            while (await self.request.receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not task.done():
+            task.cancel()
+            metrics.CLIENT_DISCONNECTS.labels(endpoint).inc()
+            raise APIError(499, "Client disconnected.")
+        return task.result()
+
+
+class _ReleasingStream(StreamingResponse):
+    """Releases the admission when the response ends, also if its body never started (a
+    client gone before the first byte never runs the body generator's cleanup)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream")
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+async def _engine_errors(work: Awaitable[T]) -> T:
+    try:
+        return await work
+    except EngineDeadError as exc:
+        raise engine_dead_error() from exc
+    except (ValueError, VLLMValidationError) as exc:
+        raise APIError(400, str(exc), code="invalid_request") from exc
+
+
+def _first_token_time(output: RequestOutput) -> float:
+    """When the engine produced the first token. An answer collected whole arrives once, at
+    its end; the engine's stats still say when its first token came."""
+    stats = output.metrics
+    if isinstance(stats, RequestStateStats) and stats.first_token_latency > 0:
+        return stats.arrival_time + stats.first_token_latency
+    return time.time()

@@ -1,0 +1,177 @@
+"""Speech-to-text on AF3: the audio is cut into AF3's 30-s windows and each window is
+transcribed as its own engine request, all of them batched concurrently by the engine, then
+stitched in order, whole or streamed."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import numpy as np
+from vllm import SamplingParams
+from vllm.outputs import CompletionOutput, RequestOutput
+
+from af3_model_executor.constants import SAMPLE_RATE, WINDOW_SECONDS
+from af3_serve.edge.errors import APIError
+from af3_serve.serving import ServedRequest
+from af3_serve.speech.transcripts import Segment, TranscriptCleaner, clean
+
+Task = Literal["transcribe", "translate"]
+WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
+# A last piece shorter than this rides with the previous window (AF3 takes any length).
+MIN_TAIL_SAMPLES = SAMPLE_RATE
+MAX_TOKENS_PER_WINDOW = 512
+LANGUAGES = {
+    "en": "English", "zh": "Chinese", "de": "German", "es": "Spanish", "ru": "Russian",
+    "ko": "Korean", "fr": "French", "ja": "Japanese", "pt": "Portuguese", "tr": "Turkish",
+    "pl": "Polish", "it": "Italian", "nl": "Dutch", "ar": "Arabic", "sv": "Swedish",
+    "hi": "Hindi", "fi": "Finnish", "vi": "Vietnamese", "uk": "Ukrainian", "el": "Greek",
+    "cs": "Czech", "ro": "Romanian", "da": "Danish", "hu": "Hungarian", "he": "Hebrew",
+    "id": "Indonesian", "no": "Norwegian", "th": "Thai",
+}  # fmt: skip
+
+
+def instruction(task: Task, language: str | None, prompt: str | None) -> str:
+    """AF3's own instruction, with the language and the caller's prompt folded in."""
+    if task == "translate":
+        text = "Translate the input speech into English."
+    else:
+        text = "Transcribe the input speech."
+    if language:
+        if language not in LANGUAGES:
+            raise APIError(
+                400,
+                f"Unsupported language '{language}' (ISO-639-1 codes: "
+                f"{', '.join(sorted(LANGUAGES))}).",
+                param="language",
+            )
+        text += f" The speech is in {LANGUAGES[language]}."
+    if prompt:
+        text += f" Context: {prompt.strip()}"
+    return text
+
+
+def windows(audio: np.ndarray) -> list[tuple[int, int]]:
+    bounds = [
+        (s, min(s + WINDOW_SAMPLES, audio.size)) for s in range(0, audio.size, WINDOW_SAMPLES)
+    ]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_TAIL_SAMPLES:
+        bounds[-2:] = [(bounds[-2][0], bounds[-1][1])]
+    return bounds
+
+
+class SpeechAnswer:
+    """The window requests of one admitted speech request, collected or streamed."""
+
+    def __init__(
+        self,
+        served: ServedRequest,
+        bounds: list[tuple[int, int]],
+        inputs: list[Any],
+        params: SamplingParams,
+        request_id: str,
+        audio_token_id: int,
+    ) -> None:
+        self.served = served
+        self.bounds = bounds
+        self.inputs = inputs
+        self.params = params
+        self.request_id = request_id
+        self.prompt_tokens = sum(len(e["prompt_token_ids"]) for e in inputs)
+        self.audio_tokens = sum(
+            sum(1 for t in e["prompt_token_ids"] if t == audio_token_id) for e in inputs
+        )
+
+    def _window_outputs(self) -> list[AsyncIterator[RequestOutput]]:
+        return [
+            self.served.generate(engine_input, self.params, f"{self.request_id}-{i}")
+            for i, engine_input in enumerate(self.inputs)
+        ]
+
+    def usage(self, output_tokens: int) -> dict:
+        return {
+            "type": "tokens",
+            "input_tokens": self.prompt_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": self.prompt_tokens + output_tokens,
+            "input_token_details": {
+                "audio_tokens": self.audio_tokens,
+                "text_tokens": self.prompt_tokens - self.audio_tokens,
+            },
+        }
+
+    async def segments(self) -> list[Segment]:
+        finals = await asyncio.gather(*(_last(g) for g in self._window_outputs()))
+        segments = []
+        for i, ((a, b), out) in enumerate(zip(self.bounds, finals, strict=True)):
+            o = out.outputs[0]
+            logprobs = [lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [], strict=False)]
+            segments.append(
+                Segment(
+                    id=i,
+                    start=round(a / SAMPLE_RATE, 3),
+                    end=round(b / SAMPLE_RATE, 3),
+                    text=clean(o.text),
+                    tokens=list(o.token_ids),
+                    temperature=self.params.temperature,
+                    avg_logprob=sum(logprobs) / len(logprobs) if logprobs else 0.0,
+                )
+            )
+        return segments
+
+    async def events(self) -> AsyncIterator[str]:
+        """Every window generates at once; deltas go out in window order, each window's
+        wrapper phrasing removed on the fly (JSON payloads for `ServedRequest.stream`)."""
+        queues: list[asyncio.Queue[CompletionOutput | BaseException | None]] = [
+            asyncio.Queue() for _ in self.inputs
+        ]
+
+        async def pump(outputs: AsyncIterator[RequestOutput], queue: asyncio.Queue) -> None:
+            try:
+                async for out in outputs:
+                    await queue.put(out.outputs[0])
+            except Exception as exc:  # e.g. the engine died: the consumer raises it
+                await queue.put(exc)
+            else:
+                await queue.put(None)
+
+        outputs = self._window_outputs()
+        tasks = [asyncio.create_task(pump(o, q)) for o, q in zip(outputs, queues, strict=True)]
+        pieces: list[str] = []
+        output_tokens = 0
+        try:
+            for queue in queues:
+                cleaner, window_text, sent = TranscriptCleaner(), "", ""
+                while (o := await queue.get()) is not None:
+                    if isinstance(o, BaseException):
+                        raise o
+                    output_tokens += len(o.token_ids)
+                    window_text += cleaner.feed(o.text)
+                    # Trailing whitespace waits: windows join with one space, as in `text`.
+                    if ready := window_text.strip()[len(sent) :]:
+                        yield _delta(ready, window_start=not sent, after_previous=bool(pieces))
+                        sent += ready
+                window_text = (window_text + cleaner.finish()).strip()
+                if rest := window_text[len(sent) :]:
+                    yield _delta(rest, window_start=not sent, after_previous=bool(pieces))
+                if window_text:
+                    pieces.append(window_text)
+            done = {"type": "transcript.text.done", "text": " ".join(pieces)}
+            yield json.dumps(done | {"usage": self.usage(output_tokens)})
+        finally:
+            for task in tasks:
+                task.cancel()  # cancelling a pump aborts its engine request
+
+
+async def _last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+    final = None
+    async for out in outputs:
+        final = out
+    assert final is not None
+    return final
+
+
+def _delta(text: str, window_start: bool, after_previous: bool) -> str:
+    if window_start and after_previous:
+        text = " " + text
+    return json.dumps({"type": "transcript.text.delta", "delta": text})

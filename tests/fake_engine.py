@@ -1,0 +1,135 @@
+"""An engine for the HTTP tests: what the app uses of vLLM's `EngineClient`, without an engine
+core. Prompts go through vLLM's real renderer and our real multimodal processor (so token
+counts and audio limits are the server's own); generation yields real `RequestOutput`s of a
+fixed text, one token per step, and records what was started, finished and aborted."""
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from vllm import SamplingParams
+from vllm.config import VllmConfig
+from vllm.logprobs import Logprob
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.renderers import renderer_from_config
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.exceptions import EngineDeadError
+from vllm.v1.metrics.stats import RequestStateStats
+
+ANSWER = " The quick brown fox jumps over the lazy dog."
+
+
+class FakeEngine:
+    def __init__(self, vllm_config: VllmConfig, step_s: float = 0.0) -> None:
+        self.vllm_config = vllm_config
+        self.model_config = vllm_config.model_config
+        self.renderer = renderer_from_config(vllm_config)
+        self.tokenizer = self.renderer.get_tokenizer()
+        self.answer_ids = self.tokenizer.encode(ANSWER, add_special_tokens=False)
+        self.step_s = step_s  # seconds per generated token: keeps requests in flight
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.aborted: list[str] = []
+        self.prompts: dict[str, list[int]] = {}
+        self.lora: dict[str, str | None] = {}
+        self._errored = False
+
+    @property
+    def errored(self) -> bool:
+        return self._errored
+
+    @property
+    def dead_error(self) -> BaseException:
+        return EngineDeadError()
+
+    def kill(self) -> None:
+        """As if the engine core died: running requests fail, `errored` turns true."""
+        self._errored = True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        pass
+
+    async def check_health(self) -> None:
+        if self._errored:
+            raise self.dead_error
+
+    async def abort(self, request_id: str | list[str]) -> None:
+        self.aborted.extend([request_id] if isinstance(request_id, str) else request_id)
+
+    async def generate(
+        self,
+        prompt: Any,
+        sampling_params: SamplingParams,
+        request_id: str,
+        *,
+        lora_request: Any = None,
+        **_: Any,
+    ) -> AsyncGenerator[RequestOutput, None]:
+        if self._errored:
+            raise self.dead_error
+        self.started.append(request_id)
+        self.prompts[request_id] = list(prompt["prompt_token_ids"])
+        self.lora[request_id] = lora_request.lora_name if lora_request else None
+        params = sampling_params
+        delta = params.output_kind == RequestOutputKind.DELTA
+        ids = list(itertools.islice(itertools.cycle(self.answer_ids), params.max_tokens))
+        # The engine's own timestamps, as vLLM's output processor keeps them.
+        stats = RequestStateStats(arrival_time=time.time())
+        done = False
+        try:
+            for step in range(1, len(ids) + 1):
+                await asyncio.sleep(self.step_s)
+                if self._errored:
+                    raise self.dead_error
+                if step == 1:
+                    stats.first_token_latency = time.time() - stats.arrival_time
+                last = step == len(ids)
+                if delta or last:
+                    new = ids[step - 1 : step] if delta else ids[:step]
+                    yield self._output(request_id, prompt, params, new, last, stats)
+            done = True
+            self.finished.append(request_id)
+        finally:
+            if not done:
+                self.aborted.append(request_id)
+
+    def _output(
+        self,
+        request_id: str,
+        prompt: Any,
+        params: SamplingParams,
+        ids: list[int],
+        last: bool,
+        stats: RequestStateStats,
+    ) -> RequestOutput:
+        logprobs = None
+        if params.logprobs is not None:
+            logprobs = [
+                {t: Logprob(-0.5, 1, self.tokenizer.decode([t]))}
+                | {t + 1 + k: Logprob(-1.0 - k, 2 + k, self.tokenizer.decode([t + 1 + k]))
+                   for k in range(params.logprobs)}
+                for t in ids
+            ]  # fmt: skip
+        outputs = [
+            CompletionOutput(
+                index=i,
+                text=self.tokenizer.decode(ids),
+                token_ids=ids,
+                cumulative_logprob=None,
+                logprobs=logprobs,
+                finish_reason="length" if last else None,
+            )
+            for i in range(params.n)
+        ]
+        return RequestOutput(
+            request_id=request_id,
+            prompt=None,
+            prompt_token_ids=list(prompt["prompt_token_ids"]),
+            prompt_logprobs=None,
+            outputs=outputs,
+            finished=last,
+            metrics=stats,
+            num_cached_tokens=0,
+        )

@@ -1,0 +1,44 @@
+"""The app in this process, on the fake engine, behind httpx's ASGI transport: the HTTP edge
+(auth, limits, admission, errors, SSE framing, metrics) in milliseconds, no engine boot."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from af3_serve.app import create_app
+from af3_serve.config import parse_args
+from af3_serve.engine import build_vllm_config
+from af3_serve.model_files import resolve_model_files
+from tests.fake_engine import FakeEngine
+from tests.server import API_KEY
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@dataclass
+class InProcess:
+    client: httpx.AsyncClient  # authenticated by default; pass headers={} to go without
+    engine: FakeEngine
+    app: FastAPI
+
+
+@asynccontextmanager
+async def in_process_server(
+    checkpoint: Path, cache_dir: Path, *flags: str, step_s: float = 0.0
+) -> AsyncIterator[InProcess]:
+    """`flags` are af3-serve's command line after the model and API key."""
+    argv = ["--model", str(checkpoint), "--api-key", API_KEY, "--dtype", "float32"]
+    config = parse_args([*argv, "--cache-dir", str(cache_dir), *flags])
+    files = resolve_model_files(config.model, config.think_adapter, config.cache_dir)
+    engine = FakeEngine(build_vllm_config(config, files), step_s=step_s)
+    app = create_app(config, files, lambda: engine)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://af3-serve", headers=AUTH, timeout=30
+        ) as client:
+            yield InProcess(client, engine, app)
