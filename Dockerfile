@@ -13,7 +13,7 @@ WORKDIR /opt/af3-serve
 COPY pyproject.toml README.md ./
 COPY af3_serve af3_serve
 COPY model_executor model_executor
-COPY benchmarks benchmarks
+COPY benchmarks/af3_bench benchmarks/af3_bench
 RUN uv pip install --system --break-system-packages --no-cache ".[gpu]" \
     && python3 -c "import af3_serve.cli, af3_model_executor"
 

@@ -8,59 +8,39 @@ overrides); each API process's CPU time (psutil, the process itself, not its eng
 children) is read around its own pass. The idle rate, measured over a quiet window first,
 is reported too, so per-request numbers can be read with and without it.
 
-    python -m benchmarks.api_cpu --preset bench --out benchmarks/results/api_cpu.json \
+    python -m benchmarks.api_cpu --preset bench --out benchmarks/results/api_cpu.json \\
         -- --num-requests 16 --audio-seconds 600 --max-concurrency 4 --max-tokens 16
 """
 
 import argparse
 import datetime
-import json
 import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from af3_model_executor.tiny_checkpoint import build_checkpoint
-from benchmarks.compare_servers import (
-    ENGINE,
-    MODEL,
-    af3_serve_command,
-    api_cpu_seconds,
-    free_port,
-    start,
-    upstream_command,
-    wait_healthy,
-)
+from benchmarks import harness
+from benchmarks.harness import ENGINE, MODEL, Server
 
 IDLE_WINDOW_S = 10.0
 WARMUP_AUDIO = ["--audio-kind", "noise", "--audio-seconds", "29"]
 
 
-def measure(
-    name: str, command: list[str], env: dict[str, str], bench_args: list[str], out_dir: Path
-) -> dict:
-    """Start one server, measure its API process idle and under the af3-bench pass."""
-    url = f"http://127.0.0.1:{command[command.index('--port') + 1]}"
-    log = out_dir / f"{name}.log"
-    process = start(command, env, log)
-    try:
-        wait_healthy(url, process, log)
+def measure(server: Server, bench_args: list[str], out_dir: Path) -> dict:
+    """One server's API process, idle and under the af3-bench pass; the server stopped."""
+    with server:
+        server.wait_healthy()
+        name = server.log.stem
+        bench = ["--url", server.url, "--model", MODEL, *bench_args]
         # The first requests pay for lazy imports and caches: not what a request costs.
         # Other audio than the pass's (whose clips it would otherwise put in the caches).
-        warm = [*bench_args, "--num-requests", "2", *WARMUP_AUDIO]
-        warm += ["--out-dir", str(out_dir / f"{name}-warmup")]
-        run_bench(url, warm)
-        idle_start = api_cpu_seconds(process)
+        warm = [*bench, "--num-requests", "2", *WARMUP_AUDIO]
+        harness.run_af3_bench(*warm, "--out-dir", str(out_dir / f"{name}-warmup"))
+        idle_start = server.cpu_seconds()
         time.sleep(IDLE_WINDOW_S)
-        idle_rate = (api_cpu_seconds(process) - idle_start) / IDLE_WINDOW_S
-        before, started = api_cpu_seconds(process), time.perf_counter()
-        summary = run_bench(url, [*bench_args, "--out-dir", str(out_dir / name)])
-        cpu, wall = api_cpu_seconds(process) - before, time.perf_counter() - started
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
+        idle_rate = (server.cpu_seconds() - idle_start) / IDLE_WINDOW_S
+        before, started = server.cpu_seconds(), time.perf_counter()
+        summary = harness.run_af3_bench(*bench, "--out-dir", str(out_dir / name))
+        cpu, wall = server.cpu_seconds() - before, time.perf_counter() - started
     completed = sum(step["primary"]["completed"] for step in summary["steps"])
     busy = max(cpu - idle_rate * wall, 0.0)
     return {
@@ -74,13 +54,6 @@ def measure(
     }
 
 
-def run_bench(url: str, args: list[str]) -> dict:
-    command = [sys.executable, "-m", "benchmarks.cli", "--url", url, "--model", MODEL, *args]
-    subprocess.run(command, check=True)
-    out_dir = Path(args[args.index("--out-dir") + 1])
-    return json.loads((out_dir / "summary.json").read_text())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="bench")
@@ -90,21 +63,19 @@ def main() -> None:
     args = parser.parse_args()
     bench_args = [a for a in args.bench_args if a != "--"]
 
-    checkpoint = Path(".cache/bench-checkpoints") / args.preset
-    if not (checkpoint / "model.safetensors").exists():
-        build_checkpoint(checkpoint, args.preset)
+    checkpoint = harness.bench_checkpoint(args.preset)
     work = args.out.with_suffix("")
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": args.kv_cache_gib}
-    ours_command = af3_serve_command(
-        checkpoint, free_port(), "--served-model-name", MODEL, "--cache-dir", str(work), *ENGINE
-    )
+    ours = ["--served-model-name", MODEL, "--cache-dir", str(work), *ENGINE]
     results = {
-        "ours": measure("ours", ours_command, env, bench_args, work),
+        "ours": measure(
+            harness.launch_af3_serve(checkpoint, work / "ours.log", *ours, env=env),
+            bench_args,
+            work,
+        ),
         "upstream": measure(
-            "upstream",
-            upstream_command(checkpoint, free_port()),
-            {**env, "VLLM_PLUGINS": "none-of-ours"},  # an allowlist naming no plugin
+            harness.launch_vllm_serve(checkpoint, work / "upstream.log", *ENGINE, env=env),
             bench_args,
             work,
         ),
@@ -114,14 +85,13 @@ def main() -> None:
             results["upstream"][key] / max(results["ours"][key], 1e-9), 2
         )
     results.update(
-        command=" ".join([sys.executable, "-m", "benchmarks.api_cpu", *sys.argv[1:]]),
+        command=harness.command_line(),
         preset=args.preset,
-        engine_args=ENGINE,
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        engine_args=list(ENGINE),
+        machine=harness.machine(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    harness.write_result(args.out, results)
 
 
 if __name__ == "__main__":

@@ -9,30 +9,17 @@ import argparse
 import base64
 import io
 import json
-import os
-import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pybase64
 import soundfile as sf
 
-from af3_serve.protocol import ChatCompletionRequest
+from af3_serve.chat.protocol import ChatCompletionRequest
+from benchmarks import harness
 
 SECONDS = 600
 REPEATS = 7
-
-
-def median_s(fn: Callable[[], object]) -> float:
-    fn()
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return round(sorted(times)[REPEATS // 2], 4)
 
 
 def main() -> None:
@@ -40,10 +27,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    audio = (np.random.default_rng(0).standard_normal(SECONDS * 16000) * 0.1).astype(np.float32)
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, 16000, format="WAV", subtype="PCM_16")
-    wav = buffer.getvalue()
+    wav = harness.wav_bytes(harness.speech_clip(SECONDS))
     data = base64.b64encode(wav).decode()
     part = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": [part]}]}).encode()
@@ -54,24 +38,22 @@ def main() -> None:
         return samples
 
     assert np.array_equal(pcm16_by_numpy(), sf.read(io.BytesIO(wav), dtype="float32")[0])
-    rows = {
-        "base64_stdlib_validate": median_s(lambda: base64.b64decode(data, validate=True)),
-        "base64_pybase64_validate": median_s(lambda: pybase64.b64decode(data, validate=True)),
-        "json_loads_then_validate": median_s(
-            lambda: ChatCompletionRequest.model_validate(json.loads(body))
-        ),
-        "pydantic_validate_json": median_s(lambda: ChatCompletionRequest.model_validate_json(body)),
-        "wav_libsndfile_float32": median_s(lambda: sf.read(io.BytesIO(wav), dtype="float32")),
-        "wav_int16_then_numpy": median_s(pcm16_by_numpy),
+    parts = {
+        "base64_stdlib_validate": lambda: base64.b64decode(data, validate=True),
+        "base64_pybase64_validate": lambda: pybase64.b64decode(data, validate=True),
+        "json_loads_then_validate": lambda: ChatCompletionRequest.model_validate(json.loads(body)),
+        "pydantic_validate_json": lambda: ChatCompletionRequest.model_validate_json(body),
+        "wav_libsndfile_float32": lambda: sf.read(io.BytesIO(wav), dtype="float32"),
+        "wav_int16_then_numpy": pcm16_by_numpy,
     }
+    rows = {name: round(harness.time_it(run, REPEATS), 4) for name, run in parts.items()}
     result = {
         "audio_seconds": SECONDS,
         "body_bytes": len(body),
         "seconds": rows,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": harness.machine(),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    harness.write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -8,33 +8,18 @@ gets fresh audio, as a server's requests do.
 """
 
 import argparse
-import json
-import os
-import platform
-import time
-from collections.abc import Callable
+import itertools
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from af3_model_executor.audio_features import AudioSpec, LogMel
-from af3_model_executor.tiny_checkpoint import PRESETS
+from af3_model_executor.testing.tiny_checkpoint import PRESETS
+from benchmarks import harness
 
 SECONDS = 600
 REPEATS = 5
-
-
-def median_of(make_input: Callable[[], object], run: Callable[[object], object]) -> float:
-    """Median of REPEATS runs, each on a fresh input (a warm-up run first)."""
-    run(make_input())
-    times = []
-    for _ in range(REPEATS):
-        value = make_input()
-        start = time.perf_counter()
-        run(value)
-        times.append(time.perf_counter() - start)
-    return round(sorted(times)[REPEATS // 2], 4)
 
 
 def main() -> None:
@@ -45,9 +30,11 @@ def main() -> None:
 
     log_mel = LogMel(AudioSpec())
     spec = log_mel.spec
+    sample, seeds = harness.speech_sample(), itertools.count()
 
     def windows() -> torch.Tensor:
-        return log_mel.split_windows([torch.randn(SECONDS * spec.sampling_rate) * 0.1])[0]
+        clip = harness.speech_clip(SECONDS, next(seeds), sample)
+        return log_mel.split_windows([torch.from_numpy(clip)])[0]
 
     preset = PRESETS["bench"]
     heads, head_dim = preset.encoder_heads, preset.encoder_dim // preset.encoder_heads
@@ -60,13 +47,16 @@ def main() -> None:
         for i in range(num_windows):  # vLLM's CPU wrapper: one call per window
             F.scaled_dot_product_attention(*tensors[3 * i : 3 * i + 3])
 
-    attention_one_layer = median_of(qkv, attention)
+    # Median of REPEATS runs after a warm-up, each run on fresh input.
+    attention_one_layer = harness.time_it(attention, REPEATS, setup=qkv)
+    whole_clip = harness.time_it(log_mel._log_mel, REPEATS, setup=windows)
+    by_window = harness.time_it(log_mel, REPEATS, setup=windows)
     result = {
         "audio_seconds": SECONDS,
         "threads": 1,
         "seconds": {
-            "log_mel_whole_clip_at_once": median_of(windows, log_mel._log_mel),
-            "log_mel_window_by_window": median_of(windows, log_mel),
+            "log_mel_whole_clip_at_once": round(whole_clip, 4),
+            "log_mel_window_by_window": round(by_window, 4),
             "encoder_attention_all_layers": round(attention_one_layer * preset.encoder_layers, 4),
         },
         "encoder_attention_shape": {
@@ -77,10 +67,9 @@ def main() -> None:
             "head_dim": head_dim,
         },
         "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": harness.machine(),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    harness.write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -9,24 +9,21 @@ dtype, on the same device, and fed the same clips. Two timings per clip:
   the log-mel on the model's device; upstream: HF's feature extractor, which vLLM
   runs in its API process).
 
-Reported as audio seconds per second (higher is better) and our/upstream ratios.
+Reported as audio seconds per second (higher is better) and our/upstream ratios. The
+clips are real speech; each timing is the fastest of --repeats runs after a warm-up.
+
+    python -m benchmarks.encoder_bench --presets tiny --repeats 5 --out results.json
 """
 
 import argparse
-import json
 import platform
-import socket
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from af3_model_executor import HF_OVERRIDES
-from af3_model_executor.tiny_checkpoint import build_checkpoint
-
-SAMPLE_RATE = 16000
+from benchmarks import harness
 
 
 def load_model(checkpoint: Path, dtype: str, hf_overrides: dict | None) -> tuple:
@@ -59,9 +56,7 @@ def init_single_process_vllm() -> None:
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.distributed import init_distributed_environment, initialize_model_parallel
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = harness.free_port()
     with set_current_vllm_config(VllmConfig()):
         init_distributed_environment(
             world_size=1,
@@ -71,25 +66,6 @@ def init_single_process_vllm() -> None:
             backend="gloo",
         )
         initialize_model_parallel(1, 1)
-
-
-def best_of(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def make_clip(seconds: float, seed: int) -> np.ndarray:
-    """Speech-like test signal: a chirping tone under noise (content does not change
-    the cost)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    tone = 0.3 * np.sin(2 * np.pi * (200 + 50 * np.sin(t)) * t)
-    return (tone + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 @torch.inference_mode()
@@ -111,10 +87,11 @@ def run(checkpoint: Path, seconds_list: list[float], dtype: str, repeats: int) -
             "chunk_counts": torch.tensor([windows]),
         }
 
+    sample = harness.speech_sample()
     rows = []
     with set_current_vllm_config(vllm_config):
         for i, seconds in enumerate(seconds_list):
-            clip = make_clip(seconds, i)
+            clip = harness.speech_clip(seconds, i, sample)
             pcm = torch.from_numpy(clip)
             windows, frame_counts = ours.log_mel.split_windows([pcm])
             mel = ours.log_mel(windows)
@@ -133,10 +110,10 @@ def run(checkpoint: Path, seconds_list: list[float], dtype: str, repeats: int) -
                 return upstream.embed_multimodal(**upstream_features(clip))
 
             timings = {
-                "ours_encoder_s": best_of(ours_encoder, repeats),
-                "upstream_encoder_s": best_of(upstream_encoder, repeats),
-                "ours_audio_path_s": best_of(ours_audio_path, repeats),
-                "upstream_audio_path_s": best_of(upstream_audio_path, repeats),
+                "ours_encoder_s": harness.time_it(ours_encoder, repeats, stat="min"),
+                "upstream_encoder_s": harness.time_it(upstream_encoder, repeats, stat="min"),
+                "ours_audio_path_s": harness.time_it(ours_audio_path, repeats, stat="min"),
+                "upstream_audio_path_s": harness.time_it(upstream_audio_path, repeats, stat="min"),
             }
             gap = (torch.cat(ours_audio_path()) - torch.cat(upstream_audio_path())).abs().max()
             row = {"audio_seconds": seconds, "max_abs_diff": float(gap), **timings}
@@ -169,7 +146,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--checkpoints", type=Path, default=Path(".cache/bench-checkpoints"))
+    parser.add_argument("--checkpoints", type=Path, default=harness.CHECKPOINTS)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -192,15 +169,11 @@ def main() -> None:
         "presets": {},
     }
     for preset in args.presets:
-        checkpoint = args.checkpoints / preset
-        if not (checkpoint / "model.safetensors").exists():
-            build_checkpoint(checkpoint, preset)
+        checkpoint = harness.bench_checkpoint(preset, args.checkpoints)
         seconds = args.seconds + (args.long_seconds if preset == "tiny" else [])
         print(f"== preset {preset}", flush=True)
         results["presets"][preset] = run(checkpoint, seconds, args.dtype, args.repeats)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    harness.write_result(args.out, results)
 
 
 if __name__ == "__main__":

@@ -8,37 +8,25 @@ our log-mel on the device, the Whisper-large-v3-shaped encoder over 20 full wind
 Qwen2.5-7B prefill of a 15,040-token prompt (transformers' Qwen2 with SDPA; vLLM's
 kernels are faster, so this overstates the GPU time). It also times, on the host CPU with
 one thread as in vLLM's API process, HF's Whisper feature extractor on the same clip:
-the work vLLM's built-in AF3 does per request before the engine sees it.
+the work vLLM's built-in AF3 does per request before the engine sees it. The clip is real
+speech; each GPU timing is the fastest of a few runs after a warm-up. Offline, bring the
+speech sample along (.cache/tests/pyannote-sample.wav, see benchmarks/README.md).
 
     python -m benchmarks.gpu_request_cost --out results.json
 """
 
 import argparse
-import json
 import platform
-import time
 from pathlib import Path
 
 import torch
 from transformers import Qwen2Config, Qwen2Model, WhisperConfig, WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from benchmarks.gpu_logmel import clip, load_audio_features
+from benchmarks import harness
 
 SECONDS = 600.0
 PROMPT_TOKENS = 15040  # 15,000 audio tokens and the chat template around them
-
-
-def timed(fn, repeats: int = 3) -> float:  # noqa: ANN001
-    fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def time_encoder(mel: torch.Tensor, device: torch.device) -> float:
@@ -53,7 +41,7 @@ def time_encoder(mel: torch.Tensor, device: torch.device) -> float:
     config._attn_implementation = "sdpa"
     with device:
         encoder = WhisperEncoder(config).eval()
-    return timed(lambda: encoder(mel))
+    return harness.time_it(lambda: encoder(mel), 3, stat="min")
 
 
 def time_prefill(device: torch.device) -> float:
@@ -71,23 +59,25 @@ def time_prefill(device: torch.device) -> float:
     with device:
         decoder = Qwen2Model(config).eval()
     ids = torch.randint(0, 151000, (1, PROMPT_TOKENS), device=device)
-    return timed(lambda: decoder(ids, use_cache=False), 2)
+    return harness.time_it(lambda: decoder(ids, use_cache=False), 2, stat="min")
 
 
 @torch.inference_mode()
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     device = torch.device("cuda")
-    audio = clip(SECONDS, 0)
+    audio = harness.speech_clip(SECONDS)
     rows: dict[str, float] = {}
 
-    af = load_audio_features()
+    af = harness.model_executor("audio_features")
     log_mel = af.LogMel(af.AudioSpec()).to(device)  # AF3's settings are the defaults
     pcm = torch.from_numpy(audio)
     windows, _ = log_mel.split_windows([pcm.to(device)])
-    rows["log_mel_gpu_s"] = timed(lambda: log_mel(log_mel.split_windows([pcm.to(device)])[0]))
+    rows["log_mel_gpu_s"] = harness.time_it(
+        lambda: log_mel(log_mel.split_windows([pcm.to(device)])[0]), 3, stat="min"
+    )
     mel = log_mel(windows)
 
     torch.set_default_dtype(torch.bfloat16)
@@ -98,9 +88,13 @@ def main() -> None:
     torch.set_num_threads(1)  # vLLM's renderer runs the HF processor on one thread
     extractor = WhisperFeatureExtractor(feature_size=128, chunk_length=30)
     windows_np = [audio[i : i + 480000] for i in range(0, audio.size, 480000)]
-    start = time.perf_counter()
-    extractor(windows_np, sampling_rate=16000, return_attention_mask=True, padding="max_length")
-    rows["hf_feature_extractor_cpu_1_thread_s"] = time.perf_counter() - start
+    rows["hf_feature_extractor_cpu_1_thread_s"] = harness.time_it(  # one cold run
+        lambda: extractor(
+            windows_np, sampling_rate=16000, return_attention_mask=True, padding="max_length"
+        ),
+        1,
+        warmup=0,
+    )
 
     gpu = rows["log_mel_gpu_s"] + rows["encoder_20_windows_gpu_s"]
     gpu += rows["prefill_7b_15040_tokens_gpu_s"]
@@ -115,8 +109,7 @@ def main() -> None:
         "note": "random weights, bfloat16, batch of one request; transformers' kernels, not "
         "vLLM's; the host CPU's feature extractor is HF's numpy path on one thread",
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    harness.write_result(args.out, result)
 
 
 if __name__ == "__main__":

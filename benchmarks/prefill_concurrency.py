@@ -2,8 +2,8 @@
 
 Starts af3-serve (bench checkpoint, CPU) with room for four 15,000-token prompts in one
 step (`--max-num-batched-tokens`) and four audios in its encoder cache, sends four
-distinct 600-s clips at once, and reads `vllm:iteration_tokens_total` (tokens per engine
-step) and the peak of `vllm:num_requests_running` from /metrics.
+distinct 600-s clips of real speech at once, and reads `vllm:iteration_tokens_total`
+(tokens per engine step) from /metrics.
 
     python -m benchmarks.prefill_concurrency --out benchmarks/results/prefill_concurrency.json
 """
@@ -11,19 +11,14 @@ step) and the peak of `vllm:num_requests_running` from /metrics.
 import argparse
 import asyncio
 import base64
-import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import httpx
 
-from af3_model_executor.tiny_checkpoint import build_checkpoint
-from benchmarks.compare_servers import af3_serve_command, free_port, start, wait_healthy
-from benchmarks.workload import AudioSource, encode
-
-MODEL = "audio-flamingo-3"
+from benchmarks import harness
+from benchmarks.harness import MODEL
 
 
 def metric_lines(text: str, name: str) -> list[str]:
@@ -60,15 +55,11 @@ def main() -> None:
     parser.add_argument("--audios", type=int, default=4)
     args = parser.parse_args()
 
-    checkpoint = Path(".cache/bench-checkpoints/bench")
-    if not (checkpoint / "model.safetensors").exists():
-        build_checkpoint(checkpoint, "bench")
+    checkpoint = harness.bench_checkpoint("bench")
     budget = args.audios * 15040  # prompt tokens of a 600-s clip with its chat template
-    port = free_port()
-    log = args.out.with_suffix(".log")
-    command = af3_serve_command(
+    server = harness.launch_af3_serve(
         checkpoint,
-        port,
+        args.out.with_suffix(".log"),
         "--dtype",
         "float32",
         "--enforce-eager",
@@ -78,22 +69,17 @@ def main() -> None:
         str(budget),
         "--encoder-cache-tokens",
         str(args.audios * 15000),
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4"},
     )
-    server = start(command, {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4"}, log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, server, log)
+    with server:
+        server.wait_healthy()
+        sample = harness.speech_sample()
         clips = [
-            base64.b64encode(
-                encode(AudioSource("tone", None, seed).audio(600.0, 0), "wav")
-            ).decode()
+            base64.b64encode(harness.wav_bytes(harness.speech_clip(600.0, seed, sample))).decode()
             for seed in range(args.audios)
         ]
-        asyncio.run(send_all(url, clips))
-        text = httpx.get(f"{url}/metrics").text
-    finally:
-        server.terminate()
-        server.wait(timeout=120)
+        asyncio.run(send_all(server.url, clips))
+        text = httpx.get(f"{server.url}/metrics").text
 
     buckets = {}
     for line in metric_lines(text, "vllm:iteration_tokens_total_bucket"):
@@ -107,8 +93,8 @@ def main() -> None:
     # The largest step holds what the other prefill steps (<= 16384 each, by bucket) left.
     largest_step_at_least = prefill_tokens - 16384 * (prefill_steps - 1)
     result = {
-        "command": " ".join(sys.argv),
-        "server_command": command,
+        "command": harness.command_line(),
+        "server_command": server.command,
         "audios": args.audios,
         "max_num_batched_tokens": budget,
         "prompt_tokens_each": 15040,
@@ -119,8 +105,7 @@ def main() -> None:
         "prompts_in_largest_step_at_least": -(-largest_step_at_least // 15040),
         "iteration_tokens_buckets": buckets,
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    harness.write_result(args.out, result)
 
 
 if __name__ == "__main__":

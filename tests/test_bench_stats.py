@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from benchmarks import runner
-from benchmarks.cli import redacted_command
-from benchmarks.client import RequestRecord, tpot
-from benchmarks.load_shapes import arrival_offsets
-from benchmarks.server_metrics import cache_delta, parse_counters, read_counters
-from benchmarks.stats import (
+from af3_bench import runner
+from af3_bench.cli import redacted_command
+from af3_bench.client import RequestRecord, tpot
+from af3_bench.load_shapes import arrival_offsets
+from af3_bench.server_metrics import cache_delta, parse_counters, read_counters
+from af3_bench.stats import (
     distribution,
     goodput,
     length_bucket,
@@ -25,7 +25,7 @@ from benchmarks.stats import (
     summarize,
     ttft_by_audio_length,
 )
-from benchmarks.workload import FOLLOW_UPS, AudioSource, Workload, draw_lengths, questions
+from af3_bench.workload import FOLLOW_UPS, AudioSource, Workload, draw_lengths, questions
 
 
 def done(

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from benchmarks.client import RequestRecord, send
-from benchmarks.server_metrics import cache_delta, read_counters
-from benchmarks.workload import Conversation, Request
+from af3_bench.client import RequestRecord, send
+from af3_bench.server_metrics import cache_delta, read_counters
+from af3_bench.workload import Conversation, Request
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from benchmarks.client import RequestRecord
-from benchmarks.server_metrics import CACHES
-from benchmarks.stats import LATENCIES, length_bucket
+from af3_bench.client import RequestRecord
+from af3_bench.server_metrics import CACHES
+from af3_bench.stats import LATENCIES, length_bucket
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.client import RequestRecord
+from af3_bench.client import RequestRecord
 
 PERCENTILES = (50, 90, 99)
 # Audio-length buckets for TTFT, as (low, high] intervals in seconds, plus one above 600.

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.workload import Request
+from af3_bench.workload import Request
 
 
 @dataclass

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
-from benchmarks.load_shapes import arrival_offsets
-from benchmarks.runner import Endpoint, run_pass, warm_up
-from benchmarks.stats import ratios, saturation_point, summarize
-from benchmarks.workload import FORMATS, KINDS, AudioSource, Workload, draw_lengths, questions
+from af3_bench import report
+from af3_bench.load_shapes import arrival_offsets
+from af3_bench.runner import Endpoint, run_pass, warm_up
+from af3_bench.stats import ratios, saturation_point, summarize
+from af3_bench.workload import FORMATS, KINDS, AudioSource, Workload, draw_lengths, questions
 
 SECRET_FLAGS = ("--api-key", "--compare-api-key")
 
