@@ -10,7 +10,7 @@ FROM vllm/vllm-openai:v0.32.0
 # image the same way. --break-system-packages: should that Python come from the distribution
 # (as on Ubuntu 24.04), its PEP 668 marker would refuse the install.
 WORKDIR /opt/af3-serve
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY af3_serve af3_serve
 COPY model_executor model_executor
 COPY benchmarks/af3_bench benchmarks/af3_bench

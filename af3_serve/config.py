@@ -167,9 +167,11 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> FlexibleArgumentParser:
     parser = FlexibleArgumentParser(
         prog="af3-serve",
-        description="OpenAI-compatible Audio Flamingo 3 server on vLLM. The first group is "
-        "af3-serve's own; the others are vLLM's engine flags, as `vllm serve` takes them, "
-        "with AF3's defaults for long audio.",
+        description="OpenAI-compatible Audio Flamingo 3 server on vLLM. The group af3-serve "
+        "is the server's own; the others are vLLM's engine flags, as `vllm serve` takes them, "
+        "with AF3's defaults for long audio. Show a group with --help=GROUP (e.g. "
+        "--help=af3-serve, --help=ParallelConfig), flags matching a word with --help=WORD, "
+        "everything with --help=all.",
     )
     _add_server_flags(parser)
     AsyncEngineArgs.add_cli_args(parser)

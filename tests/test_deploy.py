@@ -153,9 +153,11 @@ def test_dockerfiles_pass_hadolint() -> None:
 def package_folders() -> set[str]:
     """The folders of pyproject's [tool.setuptools] packages (tomllib is 3.11+ only)."""
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.findall(r'"(\w+)"', re.search(r"^packages = \[(.*)\]$", pyproject, re.M)[1])
+    listed = re.search(r"^packages = \[(.*?)\]$", pyproject, re.M | re.S)[1]
+    # Subpackages (af3_serve.chat) live inside their top-level package's folder.
+    packages = {name.split(".")[0] for name in re.findall(r'"([\w.]+)"', listed)}
     section = pyproject.split("[tool.setuptools.package-dir]")[1].split("\n[")[0]
-    renamed = dict(re.findall(r'^(\w+) = "(\w+)"$', section, re.M))
+    renamed = dict(re.findall(r'^(\w+) = "([\w/]+)"$', section, re.M))
     assert packages and renamed
     return {renamed.get(p, p) for p in packages}
 
