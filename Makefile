@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 TINY ?= .cache/tiny-af3
 PORT ?= 8000
 
-.PHONY: install system-deps test serve lint bench-encoder
+.PHONY: install system-deps test test-fast serve lint bench-encoder
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ test: install system-deps
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
+
+# No vLLM engine and no process that imports vLLM: the HTTP edge on a fake engine, the
+# settings, the deployment files, the load tool's statistics.
+test-fast: install
+	$(PY) -m pytest -q -m "not engine and not slow"
 
 $(TINY)/config.json: | install
 	@echo "building a RANDOM-WEIGHT tiny AF3 checkpoint in $(TINY) (answers are noise)"

@@ -32,11 +32,30 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / ".cache" / "bench-checkpoints"
-SAMPLE_RATE = 16000
+
+
+def model_executor(module: str) -> ModuleType:
+    """`af3_model_executor.<module>`, from the installed package or, where af3-serve is not
+    installed (the lent GPU machines have torch and transformers only), from this
+    checkout's model_executor/. The package itself imports nothing heavy (vLLM only when
+    its plugin registers), so modules without vLLM imports load without vLLM."""
+    if importlib.util.find_spec("af3_model_executor") is None:
+        folder = ROOT / "model_executor"
+        spec = importlib.util.spec_from_file_location(
+            "af3_model_executor", folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["af3_model_executor"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"af3_model_executor.{module}")
+
+
+CONSTANTS = model_executor("constants")
+SAMPLE_RATE = CONSTANTS.SAMPLE_RATE
 
 # Servers -------------------------------------------------------------------------------
 
-MODEL = "audio-flamingo-3"
+MODEL = CONSTANTS.DEFAULT_SERVED_MODEL_NAME
 # One engine setting for both servers: the 10-min audio prompt prefills in one step.
 ENGINE = (
     "--max-model-len",
@@ -182,22 +201,6 @@ def bench_checkpoint(preset: str = "bench", folder: Path = CHECKPOINTS) -> Path:
 
         build_checkpoint(checkpoint, preset)
     return checkpoint
-
-
-def model_executor(module: str) -> ModuleType:
-    """`af3_model_executor.<module>`, from the installed package or, where af3-serve is not
-    installed (the lent GPU machines have torch and transformers only), from this
-    checkout's model_executor/. The package itself imports nothing heavy (vLLM only when
-    its plugin registers), so modules without vLLM imports load without vLLM."""
-    if importlib.util.find_spec("af3_model_executor") is None:
-        folder = ROOT / "model_executor"
-        spec = importlib.util.spec_from_file_location(
-            "af3_model_executor", folder / "__init__.py", submodule_search_locations=[str(folder)]
-        )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules["af3_model_executor"] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module(f"af3_model_executor.{module}")
 
 
 # Timing --------------------------------------------------------------------------------

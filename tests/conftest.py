@@ -2,16 +2,13 @@
 
 import os
 import subprocess
-import sys
-import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
-from af3_model_executor.constants import SAMPLE_RATE
+from benchmarks import harness
 
 # vLLM on CPU: a small KV cache is plenty for the tiny model.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -20,8 +17,6 @@ os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "tests"
-# The pyannote-audio wheel ships 30 s of real conversational speech (16 kHz).
-PYANNOTE_WHEEL = "pyannote-audio==4.0.7"
 
 
 @pytest.fixture(scope="session")
@@ -37,46 +32,21 @@ def tiny_checkpoint() -> Path:
 
 @pytest.fixture(scope="session")
 def speech_wav() -> Path:
-    """sample.wav from the pyannote-audio wheel, downloaded (not installed) at test time."""
-    wav = CACHE / "pyannote-sample.wav"
-    if not wav.exists():
-        wheel_dir = CACHE / "wheels"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "-q",
-                "--no-deps",
-                PYANNOTE_WHEEL,
-                "-d",
-                str(wheel_dir),
-            ],
-            check=True,
-        )
-        wheel = next(wheel_dir.glob("pyannote_audio-*.whl"))
-        with zipfile.ZipFile(wheel) as zf:
-            wav.write_bytes(zf.read("pyannote/audio/sample/sample.wav"))
-    return wav
+    """30 s of real conversational speech (16 kHz) from the pyannote-audio wheel,
+    downloaded (not installed) at test time; the benchmarks use the same file."""
+    harness.speech_sample()
+    return harness.SPEECH_WAV
 
 
 @pytest.fixture(scope="session")
-def speech(speech_wav: Path) -> np.ndarray:
-    audio, sr = sf.read(speech_wav, dtype="float32")
-    assert sr == SAMPLE_RATE and audio.ndim == 1
-    return audio
+def speech() -> np.ndarray:
+    return harness.speech_sample()
 
 
 def make_clip(speech: np.ndarray, seconds: float) -> np.ndarray:
     """A clip of real speech of any length: each 30-s stretch is the sample shifted and
     scaled differently, so windows differ and a mix-up of windows shows."""
-    n = int(round(seconds * SAMPLE_RATE))
-    parts, i = [], 0
-    while sum(p.size for p in parts) < n:
-        parts.append(np.roll(speech, 7919 * i) * (1.0 - 0.03 * i))
-        i += 1
-    return np.concatenate(parts)[:n].astype(np.float32)
+    return harness.speech_clip(seconds, sample=speech)
 
 
 @pytest.fixture(scope="session")

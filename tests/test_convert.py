@@ -360,6 +360,7 @@ def test_resolve_model_dir_leaves_other_models_alone(tiny_checkpoint: Path, tmp_
     assert not cache.exists()
 
 
+@pytest.mark.slow  # a process that imports vLLM or transformers
 def test_console_script_converts_and_refuses_without_a_traceback(
     tiny_checkpoint: Path, original: Path, tmp_path: Path
 ) -> None:

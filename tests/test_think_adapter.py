@@ -149,6 +149,7 @@ def test_a_prepared_adapter_is_reused_until_a_source_file_changes(
     assert again.projector is None and again.unchanged == len(non_lora)
 
 
+@pytest.mark.slow  # a process that imports vLLM or transformers
 def test_the_server_refuses_to_start_with_a_bad_adapter(
     tiny_checkpoint: Path, think: Path, tmp_path: Path
 ) -> None:

@@ -5,8 +5,6 @@ import base64
 import os
 from pathlib import Path
 
-SERVED_MODEL_NAME = "audio-flamingo-3"  # af3-serve's default --served-model-name
-
 
 def audio_part(path: Path) -> dict:
     """An OpenAI `input_audio` part; the server sniffs the real format from the bytes."""

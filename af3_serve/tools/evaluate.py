@@ -18,8 +18,8 @@ import openai
 import soundfile as sf
 from tqdm import tqdm
 
+from af3_model_executor.constants import AUDIO_TOKEN, DEFAULT_SERVED_MODEL_NAME
 from af3_serve.tools.common import (
-    SERVED_MODEL_NAME,
     add_api_key_arg,
     add_sampling_args,
     api_key,
@@ -51,7 +51,7 @@ def load_dataset(path: Path) -> list[Item]:
         items.append(
             Item(
                 id=str(entry["id"]),
-                question=turns[human]["value"].replace("<sound>", "").strip(),
+                question=turns[human]["value"].replace(AUDIO_TOKEN, "").strip(),
                 reference=reference,
                 # Relative paths are relative to the dataset file, wherever we run from.
                 sounds=tuple(path.parent / s for s in sounds),
@@ -165,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("dataset", type=Path, help="JSON list of {id, sound, conversations}")
     p.add_argument("--url", required=True, help="the af3-serve, e.g. http://host:8000")
     add_api_key_arg(p)
-    p.add_argument("--model", default=SERVED_MODEL_NAME, help="served model name")
+    p.add_argument("--model", default=DEFAULT_SERVED_MODEL_NAME, help="served model name")
     p.add_argument(
         "--predictions",
         type=Path,

@@ -12,8 +12,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from af3_model_executor.constants import DEFAULT_SERVED_MODEL_NAME, SAMPLE_RATE
 from af3_serve.tools.common import (
-    SERVED_MODEL_NAME,
     add_api_key_arg,
     add_sampling_args,
     api_key,
@@ -22,8 +22,6 @@ from af3_serve.tools.common import (
     sampling_body,
     thinking_body,
 )
-
-SAMPLE_RATE = 16000
 
 
 @dataclass
@@ -49,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model",
         default=None,
         help="checkpoint (HF id or path) in-process, default nvidia/audio-flamingo-3-hf; "
-        f"with --url the served model name, default {SERVED_MODEL_NAME}",
+        f"with --url the served model name, default {DEFAULT_SERVED_MODEL_NAME}",
     )
     p.add_argument("--text", required=True, help="the question")
     p.add_argument("--audio", nargs="+", type=Path, required=True, metavar="FILE")
@@ -75,7 +73,7 @@ def ask_server(args: argparse.Namespace, text: str, echo: bool) -> Answer:
     client = openai.OpenAI(base_url=base_url(args.url), api_key=api_key(args.api_key))
     content = [*(audio_part(path) for path in args.audio), {"type": "text", "text": text}]
     stream = client.chat.completions.create(
-        model=args.model or SERVED_MODEL_NAME,
+        model=args.model or DEFAULT_SERVED_MODEL_NAME,
         messages=[{"role": "user", "content": content}],
         stream=True,
         stream_options={"include_usage": True},

@@ -21,6 +21,7 @@ from af3_bench.load_shapes import arrival_offsets
 from af3_bench.runner import Endpoint, run_pass, warm_up
 from af3_bench.stats import ratios, saturation_point, summarize
 from af3_bench.workload import FORMATS, KINDS, AudioSource, Workload, draw_lengths, questions
+from af3_model_executor.constants import DEFAULT_SERVED_MODEL_NAME
 
 SECRET_FLAGS = ("--api-key", "--compare-api-key")
 
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--url", required=True, help="http://host:port (POSTs /v1/chat/completions)"
     )
-    target.add_argument("--model", default="audio-flamingo-3", help="default: %(default)s")
+    target.add_argument("--model", default=DEFAULT_SERVED_MODEL_NAME, help="default: %(default)s")
     target.add_argument("--api-key", help="sent as a Bearer token")
     target.add_argument("--compare", metavar="URL2", help="a second endpoint, run in turn")
     target.add_argument("--compare-model", help="default: --model")

@@ -15,7 +15,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-SAMPLE_RATE = 16000
+from af3_model_executor.constants import SAMPLE_RATE
+
 FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III")}
 KINDS = ("speech", "tone", "noise")
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".aif", ".aiff", ".au"}
