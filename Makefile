@@ -59,7 +59,7 @@ test: install system-deps
 
 # No vLLM engine and no process that imports vLLM: the HTTP edge on a fake engine, the
 # settings, the deployment files, the load tool's statistics.
-test-fast: install
+test-fast: install system-deps
 	$(PY) -m pytest -q -m "not engine and not slow"
 
 $(TINY)/config.json: | install
