@@ -5,11 +5,9 @@ standard library do). One thread, median of several runs, same input for both.
     python -m benchmarks.api_parts --out benchmarks/results/api_parts.json
 """
 
-import argparse
 import base64
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pybase64
@@ -18,14 +16,12 @@ import soundfile as sf
 from af3_serve.chat.protocol import ChatCompletionRequest
 from benchmarks import harness
 
-SECONDS = 600
+SECONDS = harness.LONGEST_AUDIO_SECONDS
 REPEATS = 7
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    out = harness.out_path(__doc__)
 
     wav = harness.wav_bytes(harness.speech_clip(SECONDS))
     data = base64.b64encode(wav).decode()
@@ -53,7 +49,7 @@ def main() -> None:
         "seconds": rows,
         "machine": harness.machine(),
     }
-    harness.write_result(args.out, result)
+    harness.write_result(out, result)
 
 
 if __name__ == "__main__":

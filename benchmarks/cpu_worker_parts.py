@@ -7,9 +7,7 @@ gets fresh audio, as a server's requests do.
     python -m benchmarks.cpu_worker_parts --out benchmarks/results/cpu_worker_parts.json
 """
 
-import argparse
 import itertools
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +16,12 @@ from af3_model_executor.audio_features import AudioSpec, LogMel
 from af3_model_executor.testing.tiny_checkpoint import PRESETS
 from benchmarks import harness
 
-SECONDS = 600
+SECONDS = harness.LONGEST_AUDIO_SECONDS
 REPEATS = 5
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    out = harness.out_path(__doc__)
     torch.set_num_threads(1)
 
     log_mel = LogMel(AudioSpec())
@@ -69,7 +65,7 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": harness.machine(),
     }
-    harness.write_result(args.out, result)
+    harness.write_result(out, result)
 
 
 if __name__ == "__main__":

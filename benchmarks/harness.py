@@ -9,6 +9,7 @@ where only torch and transformers are installed; httpx, psutil and the checkpoin
 are imported where used.
 """
 
+import argparse
 import importlib
 import importlib.util
 import json
@@ -52,6 +53,8 @@ def model_executor(module: str) -> ModuleType:
 
 CONSTANTS = model_executor("constants")
 SAMPLE_RATE = CONSTANTS.SAMPLE_RATE
+# The longest AF3 audio: what the per-request costs are measured on.
+LONGEST_AUDIO_SECONDS = CONSTANTS.MAX_AUDIO_SECONDS
 
 # Servers -------------------------------------------------------------------------------
 
@@ -297,6 +300,13 @@ def wav_bytes(audio: np.ndarray) -> bytes:
 
 
 # Results -------------------------------------------------------------------------------
+
+
+def out_path(doc: str) -> Path:
+    """The `--out` result file of a script that takes nothing else; its docstring is the help."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="result JSON file")
+    return parser.parse_args().out
 
 
 def command_line() -> str:
