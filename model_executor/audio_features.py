@@ -15,6 +15,7 @@ from transformers import WhisperFeatureExtractor
 from transformers.utils import cached_file
 
 from af3_model_executor.constants import MAX_AUDIO_SECONDS, SAMPLE_RATE, WINDOW_SECONDS
+from af3_model_executor.families import family_of_processor
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,15 @@ class AudioSpec:
         path = cached_file(model, "processor_config.json", revision=revision)
         config = json.loads(open(path).read())
         fe = config["feature_extractor"]
+        # Without max_audio_len, the processor class's own default (600 s AF3, 1200 s MF).
+        default_max = family_of_processor(config.get("processor_class")).max_audio_seconds
         return cls(
             sampling_rate=fe["sampling_rate"],
             num_mel_bins=fe["feature_size"],
             n_fft=fe["n_fft"],
             hop_length=fe["hop_length"],
             window_seconds=fe["chunk_length"],
-            max_audio_seconds=config.get("max_audio_len", cls.max_audio_seconds),
+            max_audio_seconds=config.get("max_audio_len", default_max),
         )
 
     @property
@@ -57,6 +60,11 @@ class AudioSpec:
     @property
     def max_samples(self) -> int:
         return self.max_windows * self.window_samples
+
+    @property
+    def max_audio_tokens(self) -> int:
+        """Placeholders of the longest audio (15,000 for 600 s)."""
+        return self.num_audio_tokens(self.max_samples)
 
     @property
     def min_samples(self) -> int:

@@ -1,8 +1,9 @@
-"""AF3ServeForConditionalGeneration: our AF3 for vLLM.
+"""AF3ServeForConditionalGeneration: our AF3 and MusicFlamingo for vLLM.
 
 PCM from our processor -> log-mel on the device -> AF-Whisper encoder (vLLM layers,
-varlen attention) -> adaptor -> embeddings that replace the `<sound>` placeholders in
-the prefill of vLLM's own paged-attention Qwen2 decoder.
+varlen attention) -> [MusicFlamingo: rotary time embeddings] -> adaptor -> embeddings
+that replace the `<sound>` placeholders in the prefill of vLLM's own paged-attention
+Qwen2 decoder. The checkpoint's config (its `model_type`) says which family it is.
 """
 
 from collections.abc import Iterable
@@ -29,12 +30,15 @@ from vllm.sequence import IntermediateTensors
 from af3_model_executor.audio_features import AudioSpec, LogMel
 from af3_model_executor.constants import AUDIO_TOKEN
 from af3_model_executor.encoder import AF3AudioEncoder, AF3Projector
+from af3_model_executor.families import family_of
 from af3_model_executor.processing import (
     AF3DummyInputsBuilder,
     AF3MultiModalProcessor,
     AF3ProcessingInfo,
 )
+from af3_model_executor.rotary_time import RotaryTimeEmbedding
 from af3_model_executor.think_adapter import AUDIO_VARIANTS, THINK_PROJECTOR_CONFIG_KEY
+from af3_model_executor.weight_names import official_name
 
 
 @MULTIMODAL_REGISTRY.register_processor(
@@ -55,12 +59,16 @@ class AF3ServeForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP
         config = vllm_config.model_config.hf_config
         model_config = vllm_config.model_config
         self.config = config
+        self.family = family_of(config)
         self.audio_spec = AudioSpec.from_pretrained(model_config.model, model_config.revision)
 
         with self._mark_tower_model(vllm_config, "audio"):
             self.log_mel = LogMel(self.audio_spec)
             self.audio_tower = AF3AudioEncoder(
                 vllm_config, config.audio_config, prefix=maybe_prefix(prefix, "audio_tower")
+            )
+            self.rotary_time = (
+                RotaryTimeEmbedding(config, self.audio_spec) if self.family.rotary_time else None
             )
             self.multi_modal_projector = self._projector(prefix, "multi_modal_projector")
             # Thinking mode's retrained adaptor, when its adapter ships one.
@@ -103,6 +111,9 @@ class AF3ServeForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP
         audios = list(audio_pcm)  # a list, or a stacked tensor when lengths agree
         windows, frame_counts = self.log_mel.split_windows(audios)
         tokens = self.audio_tower(self.log_mel(windows), frame_counts)
+        if self.rotary_time is not None:
+            spec = self.audio_spec
+            tokens = self.rotary_time(tokens, [spec.window_frame_counts(a.numel()) for a in audios])
         counts = [self.audio_spec.num_audio_tokens(audio.numel()) for audio in audios]
         if self.think_projector is None:
             return torch.split(self.multi_modal_projector(tokens), counts)
@@ -132,6 +143,8 @@ class AF3ServeForConditionalGeneration(nn.Module, SupportsMultiModal, SupportsPP
         return self.language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        # The hub's names, or any other naming of the same weights (save_pretrained's, ...).
+        weights = ((official_name(name) or name, tensor) for name, tensor in weights)
         loaded = AutoWeightsLoader(self).load_weights(weights)
         if self.think_projector is not None:
             think = load_file(self.think_projector_file)

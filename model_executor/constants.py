@@ -11,6 +11,9 @@ THINK_MODEL_SUFFIX = "-think"
 
 # The placeholder one audio occupies in a prompt before it is expanded into audio tokens.
 AUDIO_TOKEN = "<sound>"
+# MusicFlamingo checkpoints put each audio's placeholders between these two.
+AUDIO_BOS_TOKEN = "<|sound_bos|>"
+AUDIO_EOS_TOKEN = "<|sound_eos|>"
 
 # AF-Whisper's input: 16 kHz mono, cut into 30-s windows of 750 tokens each.
 SAMPLE_RATE = 16000

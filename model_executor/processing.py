@@ -1,8 +1,10 @@
 """Our multimodal processor: audio in, 16 kHz PCM and placeholder counts out.
 
-It does not call transformers' AF3 processor, so a prompt may hold several audios
-(the HF processor insists on one text per audio) and no log-mel is computed in the
-API process: the engine gets PCM and the model computes the features on its device.
+It does not call transformers' AF3 or MusicFlamingo processor, so a prompt may hold
+several audios (the HF processors insist on one text per audio) and no log-mel is
+computed in the API process: the engine gets PCM and the model computes the features on
+its device. Each `<sound>` becomes the placeholders HF's processor writes: the audio
+tokens, between `<|sound_bos|>` and `<|sound_eos|>` for MusicFlamingo checkpoints.
 """
 
 from collections.abc import Mapping, Sequence
@@ -10,7 +12,7 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from transformers import AudioFlamingo3Config, BatchFeature
+from transformers import AudioFlamingo3Config, BatchFeature, MusicFlamingoConfig
 from vllm.config.multimodal import MultiModalDummyOptions
 from vllm.inputs import MultiModalDataDict
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
@@ -25,13 +27,19 @@ from vllm.multimodal.processing import (
 )
 
 from af3_model_executor.audio_features import AudioSpec
-from af3_model_executor.constants import AUDIO_TOKEN, MAX_AUDIOS_PER_PROMPT
+from af3_model_executor.constants import (
+    AUDIO_BOS_TOKEN,
+    AUDIO_EOS_TOKEN,
+    AUDIO_TOKEN,
+    MAX_AUDIOS_PER_PROMPT,
+)
+from af3_model_executor.families import family_of
 from af3_model_executor.think_adapter import AUDIO_VARIANT_KWARG, AUDIO_VARIANTS
 
 
 class AF3ProcessingInfo(BaseProcessingInfo):
-    def get_hf_config(self) -> AudioFlamingo3Config:
-        return self.ctx.get_hf_config(AudioFlamingo3Config)
+    def get_hf_config(self) -> AudioFlamingo3Config | MusicFlamingoConfig:
+        return self.ctx.get_hf_config((AudioFlamingo3Config, MusicFlamingoConfig))
 
     @cached_property
     def audio_spec(self) -> AudioSpec:
@@ -60,6 +68,15 @@ class AF3ProcessingInfo(BaseProcessingInfo):
 
     def audio_token_id(self) -> int:
         return self.get_hf_config().audio_token_id
+
+    @cached_property
+    def audio_span_token_ids(self) -> tuple[int, int] | None:
+        """The tokens around each audio's placeholders (MusicFlamingo), the ids HF's
+        processor writes: the tokenizer's for `<|sound_bos|>` and `<|sound_eos|>`."""
+        if not family_of(self.get_hf_config()).audio_span_tokens:
+            return None
+        tokenizer = self.get_tokenizer()
+        return tuple(tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN))
 
 
 class AF3DummyInputsBuilder(BaseDummyInputsBuilder[AF3ProcessingInfo]):
@@ -113,12 +130,15 @@ class AF3MultiModalProcessor(BaseMultiModalProcessor[AF3ProcessingInfo]):
         out_mm_kwargs: MultiModalKwargsItems,
     ) -> Sequence[PromptUpdate]:
         audio_token_id = self.info.audio_token_id()
+        span = self.info.audio_span_token_ids
         spec = self.info.audio_spec
         audio_items = out_mm_kwargs.get("audio", [])
 
         def replacement(item_idx: int) -> PromptUpdateDetails:
             num_samples = audio_items[item_idx]["audio_pcm"].data.numel()
             tokens = [audio_token_id] * spec.num_audio_tokens(num_samples)
+            if span is not None:
+                tokens = [span[0], *tokens, span[1]]
             return PromptUpdateDetails.select_token_id(tokens, embed_token_id=audio_token_id)
 
         return [

@@ -1,28 +1,34 @@
-"""The processor files an AF3 checkpoint folder carries: chat template, feature extractor,
-tokenizer. The converter writes them for original-layout checkpoints; the tiny test
-checkpoint (`af3_model_executor.testing`) writes the same."""
+"""The processor files an AF3 (or MusicFlamingo) checkpoint folder carries: chat template,
+feature extractor, tokenizer. The converter writes them for original-layout checkpoints;
+the tiny test checkpoints (`af3_model_executor.testing`) write the same."""
 
 from pathlib import Path
 
-from transformers import AudioFlamingo3Processor, PreTrainedTokenizerBase, WhisperFeatureExtractor
+from transformers import (
+    AudioFlamingo3Processor,
+    MusicFlamingoProcessor,
+    PreTrainedTokenizerBase,
+    WhisperFeatureExtractor,
+)
 
 from af3_model_executor.constants import (
     AUDIO_TOKEN,
-    MAX_AUDIO_SECONDS,
     SAMPLE_RATE,
     WINDOW_SECONDS,
 )
+from af3_model_executor.families import AF3, Family
 
 # A Jinja expression that writes one audio's placeholder.
 AUDIO_PLACEHOLDER = "{{ '" + AUDIO_TOKEN + "' }}"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
-def chatml_template(list_content: str) -> str:
+def chatml_template(list_content: str, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> str:
     """ChatML with a default system turn; `list_content` renders a message whose content
     is a list of parts (`part`), string contents are written as they are."""
     return (
         "{% if messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+        "{{ '<|im_start|>system\\n" + system_prompt + "<|im_end|>\\n' }}"
         "{% endif %}"
         "{% for message in messages %}"
         "{{ '<|im_start|>' + message['role'] + '\\n' }}"
@@ -35,8 +41,15 @@ def chatml_template(list_content: str) -> str:
     )
 
 
-def save_processor(tokenizer: PreTrainedTokenizerBase, chat_template: str, out_dir: Path) -> None:
-    """AF3's processor files: Whisper features (128 mels, 30-s windows), 600 s at most."""
+def save_processor(
+    tokenizer: PreTrainedTokenizerBase,
+    chat_template: str,
+    out_dir: Path,
+    family: Family = AF3,
+    max_audio_seconds: int | None = None,
+) -> None:
+    """The family's processor files: Whisper features (128 mels, 30-s windows), at most
+    `max_audio_seconds` (default: the family's, 600 s for AF3)."""
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128,
         sampling_rate=SAMPLE_RATE,
@@ -45,10 +58,11 @@ def save_processor(tokenizer: PreTrainedTokenizerBase, chat_template: str, out_d
         chunk_length=WINDOW_SECONDS,
         return_attention_mask=True,
     )
-    processor = AudioFlamingo3Processor(
+    processor_class = AudioFlamingo3Processor if family is AF3 else MusicFlamingoProcessor
+    processor = processor_class(
         feature_extractor=feature_extractor,
         tokenizer=tokenizer,
         chat_template=chat_template,
-        max_audio_len=MAX_AUDIO_SECONDS,
+        max_audio_len=max_audio_seconds or family.max_audio_seconds,
     )
     processor.save_pretrained(out_dir)

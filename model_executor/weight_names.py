@@ -1,8 +1,12 @@
-"""Every naming of AF3's weights, in one table.
+"""Every naming of AF3's (and MusicFlamingo's: the same modules) weights, in one table.
 
 - official: the files of `nvidia/audio-flamingo-3-hf`, the names our model and vLLM load;
 - transformers: `AudioFlamingo3ForConditionalGeneration`'s module tree in memory (its
   `state_dict()`, and the names of PEFT adapters trained on it);
+- saved: what transformers 5.19's `save_pretrained` writes for these classes (AF3's and
+  MusicFlamingo's): the hub names, but the decoder body one `model.` deeper
+  (`language_model.model.model.*`: its renaming of the hub names is undone twice on the
+  way out, and `from_pretrained` reads it back the same way);
 - original: NVIDIA's llava layout, one folder a component (`llm/`, `sound_tower/`,
   `sound_mm_projector/`); the llava model names its modules the same, under `model.` in
   memory (`model.llm.*`, as its thinking adapter's `non_lora_trainables.bin` may).
@@ -35,6 +39,10 @@ _TABLE = (
     ),
 )
 
+# The one prefix save_pretrained writes differently (a longer form of an official prefix,
+# so it is tried first; Qwen2's module tree has no `model` of its own under it).
+_SAVED_TO_OFFICIAL = {"language_model.model.model.": "language_model.model."}
+
 OFFICIAL_PREFIXES = tuple(official for official, _, _ in _TABLE)
 # Any other naming -> official; official -> original.
 _TO_OFFICIAL = {
@@ -56,6 +64,7 @@ def _check_unambiguous(renames: dict[str, str]) -> None:
 
 _check_unambiguous(_TO_OFFICIAL)
 _check_unambiguous(_TO_ORIGINAL)
+_check_unambiguous(_SAVED_TO_OFFICIAL)
 
 
 def _rename(name: str, renames: dict[str, str]) -> str | None:
@@ -69,6 +78,8 @@ def official_name(key: str) -> str | None:
     """A weight's name in the official HF files, from any of the namings above (PEFT's
     prefix included), or None when it belongs to no part of AF3."""
     name = key.removeprefix(PEFT_PREFIX)
+    if (saved := _rename(name, _SAVED_TO_OFFICIAL)) is not None:
+        return saved
     if name.startswith(OFFICIAL_PREFIXES):
         return name
     return _rename(name, _TO_OFFICIAL)

@@ -1,8 +1,13 @@
-"""Build a deterministic random-weight AF3 checkpoint in the official layout.
+"""Build a deterministic random-weight checkpoint of a family we serve, in its official layout.
 
-The real `nvidia/audio-flamingo-3-hf` weights cannot be downloaded where our tests
-run, so tests and CPU benchmarks use a small checkpoint with the same file layout,
-tokenizer special tokens, feature-extractor settings and chat template.
+The real weights (`nvidia/audio-flamingo-3-hf`, `nvidia/music-flamingo-2601-hf`,
+`nvidia/audio-flamingo-next-hf`, ...) cannot be downloaded where our tests run, so tests
+and CPU benchmarks use small checkpoints with the same file layout, config and processor
+classes (transformers' own), tokenizer special tokens, feature-extractor settings, audio
+limit and chat template. `--family`: `af3` (AudioFlamingo3, 600 s; `--think` adds the
+think/ LoRA adapter), `musicflamingo` (MusicFlamingo as `music-flamingo-2601-hf`,
+1200 s), `af-next` (MusicFlamingo as `audio-flamingo-next-hf`, 1800 s, a 131,072-position
+decoder; `--think` writes the `-think-hf` release, a checkpoint of its own).
 """
 
 import argparse
@@ -17,25 +22,60 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AudioFlamingo3Config,
     AudioFlamingo3ForConditionalGeneration,
+    MusicFlamingoConfig,
+    MusicFlamingoForConditionalGeneration,
     PreTrainedTokenizerFast,
 )
 
-from af3_model_executor.constants import AUDIO_TOKEN
-from af3_model_executor.processor_files import AUDIO_PLACEHOLDER, chatml_template, save_processor
+from af3_model_executor.constants import AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, AUDIO_TOKEN
+from af3_model_executor.families import AF3, MUSIC_FLAMINGO, Family
+from af3_model_executor.processor_files import (
+    AUDIO_PLACEHOLDER,
+    DEFAULT_SYSTEM_PROMPT,
+    chatml_template,
+    save_processor,
+)
 from af3_model_executor.testing.original_layout_writer import write_original_layout
 from af3_model_executor.weight_names import official_name
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", AUDIO_TOKEN]
-
-
-# Renders like the real checkpoint's template: every audio of a user turn as one `<sound>`
-# at its start, the turn's text right after it.
-CHAT_TEMPLATE = chatml_template(
+# A user turn's audios (one `<sound>` each, at its start), then its text, as the real
+# templates render them.
+_USER_CONTENT = (
     "{% for part in message['content'] if part['type'] == 'audio' %}"
     + AUDIO_PLACEHOLDER
     + "{% endfor %}"
     "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }}{% endfor %}"
 )
+CHAT_TEMPLATE = chatml_template(_USER_CONTENT)
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a family's published checkpoint has that the tiny one copies."""
+
+    family: Family
+    max_audio_seconds: int  # processor_config.json's max_audio_len
+    decoder_positions: int
+    decoder_rope_theta: float
+    # The default system turn. AF-Next's real one is its own (not published where we can
+    # read it); the tiny one only has to differ from AF3's, as the real one does.
+    system_prompt: str
+    think: str | None  # "adapter": think/ (AF3); "release": a -think-hf of its own
+
+
+RELEASES = {
+    "af3": Release(AF3, 600, 32768, 1e6, DEFAULT_SYSTEM_PROMPT, "adapter"),
+    "musicflamingo": Release(MUSIC_FLAMINGO, 1200, 32768, 1e6, DEFAULT_SYSTEM_PROMPT, None),
+    "af-next": Release(
+        MUSIC_FLAMINGO,
+        1800,
+        131072,
+        1e7,
+        "You are Audio Flamingo Next, a helpful assistant that listens to audio.",
+        "release",
+    ),
+}
 
 # Text the tokenizer's byte-level BPE merges are learnt from: fixed, so the
 # vocabulary is the same on every machine.
@@ -78,13 +118,14 @@ PRESETS = {
 }
 
 
-def build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
+def build_tokenizer(out_dir: Path, release: Release = RELEASES["af3"]) -> PreTrainedTokenizerFast:
+    span = [AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN] if release.family.audio_span_tokens else []
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=384,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + span,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -93,17 +134,29 @@ def build_tokenizer(out_dir: Path) -> PreTrainedTokenizerFast:
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>", AUDIO_TOKEN],
+        additional_special_tokens=["<|im_start|>", "<|im_end|>", AUDIO_TOKEN, *span],
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chatml_template(_USER_CONTENT, release.system_prompt)
     fast.save_pretrained(out_dir)
     return fast
 
 
-def build_config(preset: Preset, tokenizer: PreTrainedTokenizerFast) -> AudioFlamingo3Config:
+def build_config(
+    preset: Preset, tokenizer: PreTrainedTokenizerFast, release: Release = RELEASES["af3"]
+) -> AudioFlamingo3Config | MusicFlamingoConfig:
     vocab_size = len(tokenizer)
-    return AudioFlamingo3Config(
+    ids = tokenizer.convert_tokens_to_ids
+    if release.family is AF3:
+        config_class, extra = AudioFlamingo3Config, {}
+    else:
+        config_class = MusicFlamingoConfig
+        extra = {
+            "audio_bos_token_id": ids(AUDIO_BOS_TOKEN),
+            "audio_eos_token_id": ids(AUDIO_EOS_TOKEN),
+        }
+    return config_class(
         audio_config={
+            "model_type": "audioflamingo3_encoder",
             "num_mel_bins": 128,
             "num_hidden_layers": preset.encoder_layers,
             "hidden_size": preset.encoder_dim,
@@ -120,15 +173,16 @@ def build_config(preset: Preset, tokenizer: PreTrainedTokenizerFast) -> AudioFla
             "num_hidden_layers": preset.text_layers,
             "num_attention_heads": preset.text_heads,
             "num_key_value_heads": preset.text_kv_heads,
-            "max_position_embeddings": 32768,
-            "rope_theta": 1000000.0,
+            "max_position_embeddings": release.decoder_positions,
+            "rope_theta": release.decoder_rope_theta,
             "tie_word_embeddings": False,
             "initializer_range": preset.init_range,
-            "bos_token_id": tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-            "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            "bos_token_id": ids("<|endoftext|>"),
+            "eos_token_id": ids("<|im_end|>"),
         },
-        audio_token_id=tokenizer.convert_tokens_to_ids(AUDIO_TOKEN),
-        architectures=["AudioFlamingo3ForConditionalGeneration"],
+        audio_token_id=ids(AUDIO_TOKEN),
+        architectures=[config_class.__name__.replace("Config", "ForConditionalGeneration")],
+        **extra,
     )
 
 
@@ -173,53 +227,85 @@ def build_think_adapter(
 
 
 def build_checkpoint(
-    out_dir: Path, preset_name: str = "tiny", seed: int = 0, think: bool = False
+    out_dir: Path,
+    preset_name: str = "tiny",
+    seed: int = 0,
+    think: bool = False,
+    family: str = "af3",
+    layout: str = "hf",
 ) -> Path:
-    preset = PRESETS[preset_name]
+    """`layout`: "hf", the hub's file names; "transformers", what transformers'
+    `save_pretrained` writes (the decoder under `language_model.model.model.`)."""
+    preset, release = PRESETS[preset_name], RELEASES[family]
+    if think and release.think is None:
+        raise ValueError(f"{family} has no thinking variant")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(out_dir)
-    config = build_config(preset, tokenizer)
+    tokenizer = build_tokenizer(out_dir, release)
+    config = build_config(preset, tokenizer, release)
 
-    torch.manual_seed(seed)
-    model = AudioFlamingo3ForConditionalGeneration(config).eval()
-    state = {official_key(k): v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
-    config.save_pretrained(out_dir)
-    model.generation_config.save_pretrained(out_dir)
-
-    save_processor(tokenizer, CHAT_TEMPLATE, out_dir)
-    if think:
-        build_think_adapter(model, out_dir / "think", preset, seed)
-    (out_dir / "AF3_TINY_CHECKPOINT.json").write_text(
-        json.dumps({"preset": preset_name, "seed": seed, "think": think, "random_weights": True})
-        + "\n"
+    # The -think-hf release of AF-Next is a checkpoint of its own: other weights.
+    torch.manual_seed(seed + 1 if think and release.think == "release" else seed)
+    model_class = (
+        AudioFlamingo3ForConditionalGeneration
+        if release.family is AF3
+        else MusicFlamingoForConditionalGeneration
     )
+    model = model_class(config).eval()
+    if layout == "transformers":
+        model.save_pretrained(out_dir)
+    else:
+        state = {official_key(k): v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, out_dir / "model.safetensors", metadata={"format": "pt"})
+        config.save_pretrained(out_dir)
+        model.generation_config.save_pretrained(out_dir)
+
+    save_processor(
+        tokenizer, tokenizer.chat_template, out_dir, release.family, release.max_audio_seconds
+    )
+    if think and release.think == "adapter":
+        build_think_adapter(model, out_dir / "think", preset, seed)
+    description = {"preset": preset_name, "seed": seed, "think": think, "random_weights": True}
+    description |= {"family": family, "layout": layout}
+    (out_dir / "AF3_TINY_CHECKPOINT.json").write_text(json.dumps(description) + "\n")
     return out_dir
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--family", choices=list(RELEASES), default="af3")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--think", action="store_true", help="add a thinking-mode adapter in think/ (needs peft)"
+        "--think",
+        action="store_true",
+        help="the thinking variant: af3's think/ adapter (needs peft), af-next's -think-hf",
     )
     parser.add_argument(
         "--layout",
-        choices=["hf", "original"],
+        choices=["hf", "transformers", "original"],
         default="hf",
-        help="hf: nvidia/audio-flamingo-3-hf; original: NVIDIA's llava-style llm/, "
+        help="hf: the hub's files (nvidia/audio-flamingo-3-hf); transformers: as "
+        "save_pretrained writes them; original (af3 only): NVIDIA's llava-style llm/, "
         "sound_tower/, sound_mm_projector/ (think/ becomes stage35/)",
     )
     args = parser.parse_args()
-    if args.layout == "hf":
-        path = build_checkpoint(args.out_dir, args.preset, args.seed, args.think)
+    if args.layout == "original" and args.family != "af3":
+        parser.error("--layout original exists for af3 only")
+    if args.think and RELEASES[args.family].think is None:
+        parser.error(f"{args.family} has no thinking variant")
+    if args.layout != "original":
+        path = build_checkpoint(
+            args.out_dir, args.preset, args.seed, args.think, args.family, args.layout
+        )
     else:
         with tempfile.TemporaryDirectory() as tmp:
             hf_dir = build_checkpoint(Path(tmp), args.preset, args.seed, args.think)
             path = write_original_layout(hf_dir, args.out_dir)
-    print(f"wrote random-weight AF3 checkpoint ({args.preset}, {args.layout} layout) to {path}")
+    print(
+        f"wrote random-weight {args.family} checkpoint ({args.preset}, {args.layout} layout) "
+        f"to {path}"
+    )
 
 
 if __name__ == "__main__":
