@@ -19,7 +19,6 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 from af3_model_executor.constants import (
     DEFAULT_MODEL,
     DEFAULT_SERVED_MODEL_NAME,
-    MAX_AUDIO_SECONDS,
     MAX_AUDIOS_PER_PROMPT,
     THINK_MODEL_SUFFIX,
 )
@@ -29,6 +28,9 @@ API_KEY_ENV = "AF3_API_KEY"
 
 # AF3's engine defaults. One 600-s prompt is ~15,000 tokens: vLLM's default of 2048 batched
 # tokens would prefill it in eight steps, and its default context leaves no room for it.
+# The ones that depend on the audio length (AUDIO_LENGTH_DEFAULTS) are AF3's values here;
+# left unset on the command line, `engine.py` sets them from the longest audio the
+# checkpoint and --max-audio-seconds allow (`audio_length_defaults`).
 ENGINE_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL,
     "served_model_name": [DEFAULT_SERVED_MODEL_NAME],
@@ -40,6 +42,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     # included) is what keeps later turns from re-encoding and re-prefilling it.
     "enable_prefix_caching": True,
 }
+AUDIO_LENGTH_DEFAULTS = ("max_model_len", "max_num_batched_tokens")
 
 # Engine flags we set ourselves and a user may not: (flag's dest, why, what to use instead).
 REFUSED_ENGINE_FLAGS = {
@@ -54,6 +57,26 @@ REFUSED_ENGINE_FLAGS = {
 
 class SettingsError(ValueError):
     """A flag or combination of flags af3-serve cannot serve; the message says why."""
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def audio_length_defaults(audio_tokens: int, decoder_positions: int) -> dict[str, int]:
+    """Engine settings for prompts whose longest audio is `audio_tokens` placeholders (25 a
+    second): AF3's 600 s (15,000) gives 32,768 / 16,384 / 60,000, AF-Next's 1800 s
+    (45,002 with its two span tokens) 65,536 / 49,152 / 180,008. Never below AF3's."""
+    context = max(32768, 1 << (audio_tokens + 4096 - 1).bit_length())
+    return {
+        # The audio with room for the conversation and the answer, within the decoder's
+        # positions.
+        "max_model_len": min(decoder_positions, context),
+        # The longest audio's prompt prefills in one step.
+        "max_num_batched_tokens": max(16384, _round_up(audio_tokens + 1024, 8192)),
+        # Four such audios' embeddings held between prefill steps.
+        "encoder_cache_tokens": max(4 * 15000, 4 * audio_tokens),
+    }
 
 
 @dataclass(frozen=True)
@@ -77,8 +100,10 @@ class ServerSettings:
     """File with one accepted key a line (blank lines and # comments skipped)."""
     protect_metrics: bool = False
     """Require an API key for /metrics and /version."""
-    max_audio_seconds: float = MAX_AUDIO_SECONDS
-    """Longest audio accepted, per audio; longer gets 400."""
+    max_audio_seconds: float | None = None
+    """Longest audio accepted, per audio; longer is refused. Default: the checkpoint's limit
+    (its processor config: 600 s AF3, 1200 s Music Flamingo 2601, 1800 s AF-Next), which
+    this may only lower."""
     max_audios_per_request: int = MAX_AUDIOS_PER_PROMPT
     """Audios one request may carry (the engine's per-prompt limit)."""
     max_request_bytes: int = 128 * 2**20
@@ -99,9 +124,10 @@ class ServerSettings:
     """Audio seconds admitted and not yet answered; more get 503."""
     audio_decode_workers: int = 4
     """Threads that decode audio off the event loop."""
-    encoder_cache_tokens: int = 4 * 15000
-    """Audio embeddings the engine keeps between prefill steps (15,000 per 10-min clip);
-    vLLM's default holds one batch, so a second long audio would wait for the first."""
+    encoder_cache_tokens: int | None = None
+    """Audio embeddings the engine keeps between prefill steps; default: four of the
+    longest audio (60,000 for AF3's 10 min, 25 a second). vLLM's default holds one batch,
+    so a second long audio would wait for the first."""
     engine_death_grace_s: float = 5.0
     """Seconds of /health 503 before exiting when the engine dies."""
     demo_page: bool = True
@@ -141,9 +167,27 @@ class ServerConfig(ServerSettings):
     def think_name(self) -> str:
         return self.think_model_name or self.served_model_name + THINK_MODEL_SUFFIX
 
+    def audio_seconds_limit(self, checkpoint_seconds: float) -> float:
+        """The longest audio served: the checkpoint's, or lower with --max-audio-seconds."""
+        if self.max_audio_seconds is None:
+            return checkpoint_seconds
+        if self.max_audio_seconds <= 0:
+            raise SettingsError("--max-audio-seconds must be above 0")
+        if self.max_audio_seconds > checkpoint_seconds:
+            raise SettingsError(
+                f"--max-audio-seconds {self.max_audio_seconds:g} is above the checkpoint's "
+                f"limit of {checkpoint_seconds:g} s; it may only lower it"
+            )
+        return self.max_audio_seconds
+
+
+def _parser_engine_defaults() -> dict[str, Any]:
+    """ENGINE_DEFAULTS less those set from the audio length once the checkpoint is known."""
+    return {k: v for k, v in ENGINE_DEFAULTS.items() if k not in AUDIO_LENGTH_DEFAULTS}
+
 
 def _engine_defaults() -> dict[str, Any]:
-    return {**ENGINE_DEFAULTS, "served_model_name": DEFAULT_SERVED_MODEL_NAME}
+    return {**_parser_engine_defaults(), "served_model_name": DEFAULT_SERVED_MODEL_NAME}
 
 
 def _first_name(names: str | list[str] | None) -> str:
@@ -175,7 +219,7 @@ def build_parser() -> FlexibleArgumentParser:
     )
     _add_server_flags(parser)
     AsyncEngineArgs.add_cli_args(parser)
-    parser.set_defaults(**ENGINE_DEFAULTS)
+    parser.set_defaults(**_parser_engine_defaults())
     model = next(a for a in parser._actions if a.dest == "model")
     model.help = (
         "HF model id or local folder, in the HF layout or AF3's original llava layout "

@@ -14,7 +14,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 
 from af3_model_executor import HF_OVERRIDES
 from af3_model_executor.think_adapter import THINK_PROJECTOR_CONFIG_KEY
-from af3_serve.config import ServerConfig, SettingsError
+from af3_serve.config import ServerConfig, SettingsError, audio_length_defaults
 from af3_serve.model_files import ModelFiles
 
 USAGE = UsageContext.OPENAI_API_SERVER
@@ -54,25 +54,43 @@ def model_engine_args(files: ModelFiles, args: AsyncEngineArgs | None = None) ->
     }
 
 
+def engine_defaults(config: ServerConfig, files: ModelFiles) -> dict[str, int]:
+    """The settings that follow the longest audio served (the checkpoint's limit, or lower
+    with --max-audio-seconds): context, batched tokens and encoder cache, as
+    `config.audio_length_defaults` sizes them for its placeholders."""
+    seconds = config.audio_seconds_limit(files.audio.max_audio_seconds)
+    tokens = dataclasses.replace(files.audio, max_audio_seconds=seconds).max_audio_tokens
+    if files.family.audio_span_tokens:
+        tokens += 2  # <|sound_bos|> and <|sound_eos|>
+    return audio_length_defaults(tokens, files.decoder_positions)
+
+
 def engine_args(config: ServerConfig, files: ModelFiles) -> AsyncEngineArgs:
-    """The user's engine flags, pointed at the prepared files, with what our model needs."""
+    """The user's engine flags, pointed at the prepared files, with what our model needs
+    and, where the user set none, the defaults for the longest audio."""
+    args, defaults = config.engine_args, engine_defaults(config, files)
     return dataclasses.replace(
-        config.engine_args,
+        args,
         model=files.model_dir,
         served_model_name=[config.served_model_name],
-        **model_engine_args(files, config.engine_args),
+        **model_engine_args(files, args),
         limit_mm_per_prompt={"audio": config.max_audios_per_request},
         disable_log_stats=False,
+        max_model_len=args.max_model_len or defaults["max_model_len"],
+        max_num_batched_tokens=args.max_num_batched_tokens or defaults["max_num_batched_tokens"],
     )
 
 
 def build_vllm_config(config: ServerConfig, files: ModelFiles) -> VllmConfig:
     """Validated by vLLM here, before the server starts, so a bad flag is one clear line."""
     vllm_config = engine_args(config, files).create_engine_config(USAGE)
-    # vLLM sizes the encoder cache to one batch of tokens (~one 10-min audio), so a second
+    # vLLM sizes the encoder cache to one batch of tokens (~one longest audio), so a second
     # long audio cannot start its prefill until the first has finished; hold several.
+    cache_tokens = (
+        config.encoder_cache_tokens or engine_defaults(config, files)["encoder_cache_tokens"]
+    )
     scheduler = vllm_config.scheduler_config
-    scheduler.encoder_cache_size = max(scheduler.encoder_cache_size, config.encoder_cache_tokens)
+    scheduler.encoder_cache_size = max(scheduler.encoder_cache_size, cache_tokens)
     return vllm_config
 
 

@@ -1,11 +1,20 @@
 """Which files the engine loads: the checkpoint (converted once if it is in AF3's original
-llava layout) and the thinking-mode adapter prepared for vLLM's LoRA."""
+llava layout), what it is (its family, audio limit and decoder positions; an architecture
+we do not serve stops here) and the thinking-mode adapter prepared for vLLM's LoRA."""
 
 import hashlib
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.families import (
+    AF3,
+    Family,
+    UnsupportedCheckpointError,
+    checkpoint_family,
+)
 from af3_model_executor.original_layout import ConversionError, resolve_model_dir
 from af3_model_executor.think_adapter import (
     ThinkAdapter,
@@ -27,6 +36,9 @@ class ModelFilesError(ValueError):
 class ModelFiles:
     model_dir: str  # a local folder in the HF layout
     think: ThinkAdapter | None
+    family: Family = AF3
+    audio: AudioSpec = field(default_factory=AudioSpec)  # its processor config and limit
+    decoder_positions: int = 32768  # the decoder's max_position_embeddings
 
 
 def _local_folder(model: str) -> Path:
@@ -43,25 +55,39 @@ def resolve_model_files(model: str, think_adapter: str, cache_dir: Path) -> Mode
     "none"."""
     try:
         return _resolve(model, think_adapter, cache_dir)
-    except (ConversionError, ThinkAdapterError, OSError) as exc:  # OSError: hub downloads
-        raise ModelFilesError(str(exc)) from exc
+    except (ConversionError, ThinkAdapterError, UnsupportedCheckpointError, OSError) as exc:
+        raise ModelFilesError(str(exc)) from exc  # OSError: hub downloads, missing files
+
+
+def _checkpoint(model_dir: Path) -> dict:
+    """What the checkpoint is: its family (refusing what we do not serve), its audio front
+    end and limit (processor_config.json), its decoder's positions."""
+    family = checkpoint_family(model_dir)
+    text_config = json.loads((model_dir / "config.json").read_text()).get("text_config", {})
+    positions = text_config.get("max_position_embeddings", ModelFiles.decoder_positions)
+    return {
+        "family": family,
+        "audio": AudioSpec.from_pretrained(str(model_dir)),
+        "decoder_positions": positions,
+    }
 
 
 def _resolve(model: str, think_adapter: str, cache_dir: Path) -> ModelFiles:
     model_dir = Path(resolve_model_dir(str(_local_folder(model)), cache_dir / "converted"))
+    checkpoint = _checkpoint(model_dir)
     if think_adapter == "none":
-        return ModelFiles(str(model_dir), None)
+        return ModelFiles(str(model_dir), None, **checkpoint)
     if think_adapter == "auto":
         think_dir = next(
             (model_dir / s for s in _THINK_SUBFOLDERS if (model_dir / s).is_dir()), None
         )
         if think_dir is None:
             logger.info("no thinking adapter in %s; serving the base model alone", model_dir)
-            return ModelFiles(str(model_dir), None)
+            return ModelFiles(str(model_dir), None, **checkpoint)
     else:
         think_dir = Path(think_adapter)
         if not think_dir.is_dir():
             raise ModelFilesError(f"the thinking adapter {think_dir} is not a folder")
     key = hashlib.sha256(str(think_dir.resolve()).encode()).hexdigest()[:16]
     think = prepare_think_adapter(model_dir, think_dir, cache_dir / "think" / key)
-    return ModelFiles(str(model_dir), think)
+    return ModelFiles(str(model_dir), think, **checkpoint)

@@ -16,6 +16,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "af3-serve"
     max_model_len: int
+    max_audio_seconds: float  # the longest audio one request's audio may be
     root: str | None = None  # for the thinking model: the base model it adapts
     parent: str | None = None
 
@@ -26,11 +27,14 @@ class ModelList(BaseModel):
 
 
 class ServedModels:
-    def __init__(self, config: ServerConfig, has_think: bool, max_model_len: int) -> None:
+    def __init__(
+        self, config: ServerConfig, has_think: bool, max_model_len: int, max_audio_seconds: float
+    ) -> None:
         self.base = config.served_model_name
         self.aliases = {config.served_model_name, config.model}
         self.think = config.think_name if has_think else None
         self.max_model_len = max_model_len
+        self.max_audio_seconds = max_audio_seconds
         self.created = int(time.time())
 
     def is_think(self, model: str, thinking: bool | None = None) -> bool:
@@ -59,15 +63,12 @@ class ServedModels:
         return bool(thinking)
 
     def cards(self) -> ModelList:
-        cards = [ModelCard(id=self.base, created=self.created, max_model_len=self.max_model_len)]
+        limits = {
+            "created": self.created,
+            "max_model_len": self.max_model_len,
+            "max_audio_seconds": self.max_audio_seconds,
+        }
+        cards = [ModelCard(id=self.base, **limits)]
         if self.think is not None:
-            cards.append(
-                ModelCard(
-                    id=self.think,
-                    created=self.created,
-                    max_model_len=self.max_model_len,
-                    root=self.base,
-                    parent=self.base,
-                )
-            )
+            cards.append(ModelCard(id=self.think, root=self.base, parent=self.base, **limits))
         return ModelList(data=cards)

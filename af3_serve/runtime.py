@@ -27,8 +27,9 @@ class Runtime:
     def __init__(self, config: ServerConfig, engine: EngineClient, files: ModelFiles) -> None:
         self.config = config
         self.engine = engine
+        max_audio_seconds = config.audio_seconds_limit(files.audio.max_audio_seconds)
         self.models = ServedModels(
-            config, files.think is not None, engine.model_config.max_model_len
+            config, files.think is not None, engine.model_config.max_model_len, max_audio_seconds
         )
         self.think_lora = files.think.lora_request(config.think_name) if files.think else None
         self.audio_token_id: int = engine.model_config.hf_config.audio_token_id
@@ -37,7 +38,9 @@ class Runtime:
             config.max_pending_requests_per_key,
             config.max_queued_audio_seconds,
         )
-        self.inputs = InputPreparer(config, engine, files.model_dir, files.think, self.admission)
+        self.inputs = InputPreparer(
+            config, engine, files.model_dir, files.think, self.admission, max_audio_seconds
+        )
         self.engine_dead = False
         self._engine_dead_event = asyncio.Event()
 

@@ -31,11 +31,14 @@ class InputPreparer:
         model_dir: str,
         think: ThinkAdapter | None,
         admission: Admission,
+        max_audio_seconds: float,
     ) -> None:
+        """`max_audio_seconds`: the longest audio served (the checkpoint's limit, or lower)."""
         self.engine = engine
         self.think = think
         self.admission = admission
-        self.max_audio_seconds = config.max_audio_seconds
+        self.model = config.served_model_name
+        self.max_audio_seconds = max_audio_seconds
         self.max_audios = config.max_audios_per_request
         self.max_model_len = engine.model_config.max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -45,7 +48,7 @@ class InputPreparer:
             allowed_local_path=config.allowed_local_media_path,
             allow_private_addresses=config.allow_private_media_addresses,
         )
-        self.limits = AudioLimits(config.max_audio_seconds, config.max_decoded_audio_bytes)
+        self.limits = AudioLimits(max_audio_seconds, config.max_decoded_audio_bytes)
         # Decoding runs here, off the event loop; libsndfile and soxr release the GIL.
         self.decode_pool = ThreadPoolExecutor(config.audio_decode_workers, "af3-decode")
 
@@ -55,9 +58,14 @@ class InputPreparer:
         claimed = min(header_seconds(data) or 0.0, self.max_audio_seconds)
         self.admission.reserve_audio(ticket, claimed)
         start = time.perf_counter()
-        audio = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, decode_audio, data, self.limits, param
-        )
+        try:
+            audio = await asyncio.get_running_loop().run_in_executor(
+                self.decode_pool, decode_audio, data, self.limits, param
+            )
+        except APIError as exc:
+            if exc.code == "audio_too_long":  # whose limit it is: the model's (or lower)
+                exc.message = exc.message.removesuffix(".") + f" for the model '{self.model}'."
+            raise
         seconds = audio.size / SAMPLE_RATE
         if seconds > claimed:
             self.admission.reserve_audio(ticket, seconds - claimed)
