@@ -6,7 +6,7 @@ fixed text, one token per step, and records what was started, finished and abort
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from vllm import SamplingParams
@@ -34,6 +34,11 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.prompts: dict[str, list[int]] = {}
         self.lora: dict[str, str | None] = {}
+        # A request's own answer by its id (e.g. one per speech window), which ends with
+        # finish_reason "stop" when it is shorter than max_tokens; without it, ANSWER repeats
+        # up to max_tokens.
+        self.answer_for: Callable[[str], str] | None = None
+        self.paused = False  # while true, generation waits before each token
         self._errored = False
 
     @property
@@ -74,13 +79,20 @@ class FakeEngine:
         self.lora[request_id] = lora_request.lora_name if lora_request else None
         params = sampling_params
         delta = params.output_kind == RequestOutputKind.DELTA
-        ids = list(itertools.islice(itertools.cycle(self.answer_ids), params.max_tokens))
+        if self.answer_for is None:
+            ids = list(itertools.islice(itertools.cycle(self.answer_ids), params.max_tokens))
+            stop = False
+        else:
+            own = self.tokenizer.encode(self.answer_for(request_id), add_special_tokens=False)
+            ids, stop = own[: params.max_tokens], len(own) < params.max_tokens
         # The engine's own timestamps, as vLLM's output processor keeps them.
         stats = RequestStateStats(arrival_time=time.time())
         done = False
         try:
             for step in range(1, len(ids) + 1):
                 await asyncio.sleep(self.step_s)
+                while self.paused and not self._errored:
+                    await asyncio.sleep(0.005)
                 if self._errored:
                     raise self.dead_error
                 if step == 1:
@@ -88,7 +100,7 @@ class FakeEngine:
                 last = step == len(ids)
                 if delta or last:
                     new = ids[step - 1 : step] if delta else ids[:step]
-                    yield self._output(request_id, prompt, params, new, last, stats)
+                    yield self._output(request_id, prompt, params, new, last, stats, stop)
             done = True
             self.finished.append(request_id)
         finally:
@@ -103,6 +115,7 @@ class FakeEngine:
         ids: list[int],
         last: bool,
         stats: RequestStateStats,
+        stop: bool = False,
     ) -> RequestOutput:
         logprobs = None
         if params.logprobs is not None:
@@ -119,7 +132,7 @@ class FakeEngine:
                 token_ids=ids,
                 cumulative_logprob=None,
                 logprobs=logprobs,
-                finish_reason="length" if last else None,
+                finish_reason=("stop" if stop else "length") if last else None,
             )
             for i in range(params.n)
         ]

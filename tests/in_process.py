@@ -1,7 +1,7 @@
 """The app in this process, on the fake engine, behind httpx's ASGI transport: the HTTP edge
 (auth, limits, admission, errors, SSE framing, metrics) in milliseconds, no engine boot."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,23 +21,33 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 @dataclass
 class InProcess:
-    client: httpx.AsyncClient  # authenticated by default; pass headers={} to go without
+    client: httpx.AsyncClient  # authenticated; headers={"Authorization": ""} goes without
     engine: FakeEngine
     app: FastAPI
+    tmp: Path | None = None  # the folder `tests.http_helpers.server_fixture` gave it
 
 
 @asynccontextmanager
 async def in_process_server(
-    checkpoint: Path, cache_dir: Path, *flags: str, step_s: float = 0.0
+    checkpoint: Path,
+    cache_dir: Path,
+    *flags: str,
+    step_s: float = 0.0,
+    on_engine_dead: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[InProcess]:
-    """`flags` are af3-serve's command line after the model and API key."""
+    """`flags` are af3-serve's command line after the model and API key; `on_engine_dead`
+    stands for the process exit the CLI does once the engine died."""
     argv = ["--model", str(checkpoint), "--api-key", API_KEY, "--dtype", "float32"]
     config = parse_args([*argv, "--cache-dir", str(cache_dir), *flags])
     files = resolve_model_files(config.model, config.think_adapter, config.cache_dir)
     engine = FakeEngine(build_vllm_config(config, files), step_s=step_s)
-    app = create_app(config, files, lambda: engine)
+    app = create_app(config, files, lambda: engine, on_engine_dead)
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        # As from a real server, the client gets what the app sent, also when the app raised
+        # afterwards (tests that care check the log for "unhandled error").
+        transport = httpx.ASGITransport(
+            app=app, client=("127.0.0.1", 40000), raise_app_exceptions=False
+        )
         async with httpx.AsyncClient(
             transport=transport, base_url="http://af3-serve", headers=AUTH, timeout=30
         ) as client:

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
-from af3_serve.app import create_app
-from af3_serve.config import parse_args
-from af3_serve.model_files import ModelFiles
+from tests.http_helpers import NO_KEY, serve, server_fixture
 from tests.server import API_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_FILES = ModelFiles("none", None)  # the page needs no model
+api = server_fixture()
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -35,24 +32,28 @@ def paths(app) -> set[str]:
     return {route.path for route in app.routes}
 
 
-def test_page_and_assets_are_served_without_the_engine() -> None:
-    # No `with`: the lifespan (and so the engine) never starts; the page needs neither.
-    client = TestClient(create_app(parse_args(["--model", "none"]), NO_FILES, lambda: None))
-    page = client.get("/")
+async def test_page_and_assets_are_served_without_a_key(api) -> None:
+    page = await api.client.get("/", headers=NO_KEY)
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert 'src="demo/app.js"' in page.text  # relative: works behind a path prefix
     for asset in ("demo/app.js", "demo/style.css"):
-        assert client.get(f"/{asset}").status_code == 200
-    assert client.get("/demo/index.html").status_code == 404
+        assert (await api.client.get(f"/{asset}", headers=NO_KEY)).status_code == 200
+    assert (await api.client.get("/demo/index.html")).status_code == 404
+    assert api.engine.started == []
 
 
-def test_no_demo_page_switch_and_nothing_added_under_v1() -> None:
-    with_page = create_app(parse_args(["--model", "none"]), NO_FILES, lambda: None)
-    without = create_app(parse_args(["--model", "none", "--no-demo-page"]), NO_FILES, lambda: None)
-    assert paths(with_page) - paths(without) == {"/", "/demo"}
-    assert TestClient(without).get("/").status_code == 404
+async def test_no_demo_page_switch_and_nothing_added_under_v1(tiny_checkpoint, tmp_path) -> None:
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    async with (
+        serve(tiny_checkpoint, tmp_path / "with") as with_page,
+        serve(tiny_checkpoint, tmp_path / "without", "--no-demo-page") as without,
+    ):
+        assert paths(with_page.app) - paths(without.app) == {"/", "/demo"}
+        assert (await without.client.get("/")).status_code == 404
+        assert (await without.client.get("/demo/app.js")).status_code == 404
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,19 @@
 """The HTTP edge in-process, on the fake engine: no vLLM engine boots here."""
 
 import pytest
+import vllm
 
-from tests.audio_files import audio_part
-from tests.conftest import make_clip
+from tests.http_helpers import (
+    CHAT,
+    MODEL,
+    THINK_MODEL,
+    chat_body,
+    metric,
+    metrics_page,
+    server_fixture,
+)
 
-MODEL = "audio-flamingo-3"
-
-
-def chat_body(speech, seconds: float = 2.0, **extra) -> dict:
-    content = [audio_part(make_clip(speech, seconds)), {"type": "text", "text": "What is said?"}]
-    return {"model": MODEL, "messages": [{"role": "user", "content": content}], **extra}
+api = server_fixture()
 
 
 async def test_models_lists_base_and_think(http) -> None:
@@ -47,3 +50,50 @@ async def test_answer_usage_and_audio_tokens(http, speech, stream: bool) -> None
         assert usage["prompt_tokens"] == len(prompt)
         assert usage["prompt_tokens_details"]["audio_tokens"] == 75
         assert usage["completion_tokens"] == 5
+
+
+async def test_models_version_and_health(api, tiny_checkpoint) -> None:
+    models = (await api.client.get("/v1/models")).json()
+    assert models["object"] == "list"
+    base, think = models["data"]
+    assert {k: base[k] for k in ("id", "object", "owned_by", "max_model_len")} == {
+        "id": MODEL,
+        "object": "model",
+        "owned_by": "af3-serve",
+        "max_model_len": 32768,
+    }
+    assert (think["id"], think["root"], think["parent"]) == (THINK_MODEL, MODEL, MODEL)
+    assert base["created"] == think["created"] > 0
+    assert (await api.client.get("/health")).json() == {"status": "ok"}
+    version = (await api.client.get("/version")).json()
+    assert version["model_class"] == "AF3ServeForConditionalGeneration"
+    assert version["vllm"] == vllm.__version__
+    assert (version["model"], version["served_model_name"]) == (str(tiny_checkpoint), MODEL)
+
+
+async def test_metrics_count_requests_and_audio(api, speech) -> None:
+    names = (
+        "af3_audio_seconds_received_total",
+        "af3_audio_decode_seconds_bucket",
+        "af3_request_audio_duration_seconds_bucket",
+        "af3_time_to_first_token_seconds",
+        "af3_requests_in_flight",
+    )
+    before = await metrics_page(api.client)
+    assert all(name in before for name in names)
+    response = await api.client.post(CHAT, json=chat_body(speech, 3.0, max_tokens=2))
+    refused = await api.client.post(CHAT, json=chat_body(speech, 3.0, model="gpt-4o"))
+    after = await metrics_page(api.client)
+    assert response.status_code == 200 and refused.status_code == 404
+
+    def grew(series: str) -> float:
+        return metric(after, series) - metric(before, series, default=0.0)
+
+    assert grew("af3_audio_seconds_received_total") == pytest.approx(3.0)
+    assert grew("af3_audio_decode_seconds_count") == 1
+    assert grew("af3_request_audio_duration_seconds_count") == 1
+    assert grew("af3_request_audio_duration_seconds_sum") == pytest.approx(3.0)
+    assert grew("af3_time_to_first_token_seconds_count") == 1
+    requests = 'af3_requests_total{endpoint="/v1/chat/completions",status="%s"}'
+    assert grew(requests % "200") == 1 and grew(requests % "404") == 1
+    assert grew("af3_requests_in_flight") == 0

@@ -13,7 +13,6 @@ from af3_model_executor.audio_features import AudioSpec
 from tests.audio_files import FORMATS, audio_part, b64, encode
 from tests.conftest import make_clip
 from tests.oracles import HFReference, chat_prompt
-from tests.server import API_KEY
 
 MODEL = "audio-flamingo-3"
 QUESTION = "What is said in the audio?"
@@ -127,20 +126,6 @@ def test_streaming_with_usage_equals_non_streaming(client, speech) -> None:
     assert details.audio_tokens == whole.usage.prompt_tokens_details.audio_tokens
     # The same prompt again: the stream reuses the first request's cached blocks.
     assert details.cached_tokens > 0
-
-
-def test_stream_ends_with_done(server, speech) -> None:
-    body = {"model": MODEL, "messages": [user(speech[:16000])], "max_tokens": 3, "stream": True}
-    with httpx.stream(
-        "POST",
-        f"{server.url}/v1/chat/completions",
-        json=body,
-        timeout=60,
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    ) as response:
-        lines = [line for line in response.iter_lines() if line]
-    assert response.headers["content-type"].startswith("text/event-stream")
-    assert lines[-1] == "data: [DONE]"
 
 
 def test_http_greedy_output_equals_engine_output(client, llm, tiny_checkpoint, speech) -> None:
