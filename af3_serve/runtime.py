@@ -3,6 +3,7 @@ the input preparation; and the engine's outputs, ended cleanly when the engine d
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -41,8 +42,25 @@ class Runtime:
         self.inputs = InputPreparer(
             config, engine, files.model_dir, files.think, self.admission, max_audio_seconds
         )
+        parallel = engine.vllm_config.parallel_config
+        self.dp_ranks = (
+            parallel.data_parallel_size_local
+            if parallel.local_engines_only
+            else parallel.data_parallel_size
+        )
         self.engine_dead = False
         self._engine_dead_event = asyncio.Event()
+
+    def engine_rank(self, session: str | None) -> int | None:
+        """The data-parallel engine of a named conversation. vLLM's balancer spreads
+        requests by load and knows nothing of conversations, so a later turn could land on an
+        engine that never saw its audio; a stable hash of the session id keeps every turn on
+        one engine, with its cached prefix. Requests without a session stay on vLLM's own
+        balancing."""
+        if session is None or self.dp_ranks <= 1:
+            return None
+        digest = hashlib.blake2b(session.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") % self.dp_ranks
 
     def admit(self, client: str) -> Ticket:
         if self.engine_dead:
@@ -55,13 +73,24 @@ class Runtime:
         self._engine_dead_event.set()
 
     async def generate(
-        self, engine_input: Any, params: SamplingParams, request_id: str, think: bool = False
+        self,
+        engine_input: Any,
+        params: SamplingParams,
+        request_id: str,
+        think: bool = False,
+        session: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """The engine's outputs (through the thinking LoRA when `think`), ended with
         EngineDeadError once the engine is found dead: a request added while the engine
-        was dying would otherwise wait forever."""
-        lora = self.think_lora if think else None
-        outputs = self.engine.generate(engine_input, params, request_id, lora_request=lora)
+        was dying would otherwise wait forever. `session` names the conversation."""
+        outputs = self.engine.generate(
+            engine_input,
+            params,
+            request_id,
+            lora_request=self.think_lora if think else None,
+            data_parallel_rank=self.engine_rank(session),
+            session_id=session,
+        )
         dead = asyncio.ensure_future(self._engine_dead_event.wait())
         step: asyncio.Future | None = None
         try:

@@ -15,6 +15,7 @@ from fastapi import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 from vllm import SamplingParams
+from vllm.entrypoints.generate.base.serving import SESSION_ID_HEADER
 from vllm.exceptions import VLLMValidationError
 from vllm.outputs import RequestOutput
 from vllm.v1.engine.exceptions import EngineDeadError
@@ -46,6 +47,8 @@ class ServedRequest:
         self.endpoint = endpoint
         self.arrival = time.time()  # wall clock, as the engine's own timestamps
         self.ticket: Ticket | None = None
+        # The conversation it belongs to, named by the client (X-Session-ID, as vLLM reads it).
+        self.session = request.headers.get(SESSION_ID_HEADER) or None
         self._first_token_seen = False
 
     async def prepare(self, work: Callable[[Ticket], Awaitable[T]]) -> T:
@@ -62,7 +65,8 @@ class ServedRequest:
         self, engine_input: Any, params: SamplingParams, request_id: str, think: bool = False
     ) -> AsyncIterator[RequestOutput]:
         """The engine's outputs for one engine request; the request's first token is timed."""
-        async for output in self.runtime.generate(engine_input, params, request_id, think):
+        outputs = self.runtime.generate(engine_input, params, request_id, think, self.session)
+        async for output in outputs:
             if not self._first_token_seen:
                 self._first_token_seen = True
                 metrics.TIME_TO_FIRST_TOKEN.observe(_first_token_time(output) - self.arrival)

@@ -185,6 +185,33 @@ def launch_vllm_serve(
     return launch(vllm_serve_command(checkpoint, free_port(), *extra), log, env)
 
 
+# vLLM's router in front of af3-serve replicas. sticky_least_loaded sends each new
+# conversation (named by the X-Session-ID header our clients send) to the least-loaded
+# replica and keeps it there, where its audio is cached.
+ROUTER_POLICY = "sticky_least_loaded"
+
+
+def vllm_router_command(
+    workers: list[str], port: int, policy: str = ROUTER_POLICY, *extra: str
+) -> list[str]:
+    """`vllm-router` (PyPI's vllm-router) on loopback, its Prometheus exporter on a free port
+    (two routers on one host would collide on the default)."""
+    return [
+        *(sys.executable, "-m", "vllm_router.launch_router"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+        *("--worker-urls", *workers, "--policy", policy),
+        *("--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())),
+        *("--health-check-endpoint", "/health"),
+        *extra,
+    ]
+
+
+def launch_vllm_router(
+    workers: list[str], log: Path, policy: str = ROUTER_POLICY, *extra: str
+) -> Server:
+    return launch(vllm_router_command(workers, free_port(), policy, *extra), log)
+
+
 def run_af3_bench(*args: str) -> dict[str, Any]:
     """`af3-bench` with `args` (which name its --out-dir) in a process of its own, from
     this Python; its summary.json."""

@@ -6,9 +6,9 @@ instead of being silently ignored.
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class StrictModel(BaseModel):
@@ -68,7 +68,33 @@ class StreamOptions(StrictModel):
     include_usage: bool = False
 
 
+# What a load balancer adds to every chat body it forwards (vLLM's router re-serializes the
+# body with these SGLang-style fields): at these values they ask for what we do anyway, so
+# they are dropped; any other value asks for what we do not do and stays an unsupported
+# parameter (400, naming it).
+BALANCER_DEFAULTS: dict[str, bool] = {
+    "no_stop_trim": False,
+    "continue_final_message": False,
+    "skip_special_tokens": True,
+    "separate_reasoning": True,
+    "stream_reasoning": True,
+    "return_hidden_states": False,
+    "include_reasoning": True,
+}
+
+
 class ChatCompletionRequest(StrictModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_balancer_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not BALANCER_DEFAULTS.keys().isdisjoint(data):
+            data = {
+                k: v
+                for k, v in data.items()
+                if k not in BALANCER_DEFAULTS or v is not BALANCER_DEFAULTS[k]
+            }
+        return data
+
     model: str
     messages: list[Message] = Field(min_length=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)

@@ -3,7 +3,18 @@
 import argparse
 import base64
 import os
+import uuid
 from pathlib import Path
+
+# The header that names a conversation for a session-affinity load balancer (vLLM's router
+# with policy sticky_least_loaded or consistent_hash): every turn of one conversation
+# carries the same value, so its later turns reach the replica that has its audio cached.
+SESSION_HEADER = "X-Session-ID"
+
+
+def session_headers() -> dict[str, str]:
+    """A new conversation's header, for the openai client's `extra_headers`."""
+    return {SESSION_HEADER: uuid.uuid4().hex}
 
 
 def audio_part(path: Path) -> dict:

@@ -26,6 +26,7 @@ from af3_serve.tools.common import (
     audio_part,
     base_url,
     sampling_body,
+    session_headers,
     thinking_body,
 )
 from af3_serve.tools.scoring import Scores, score
@@ -120,6 +121,7 @@ async def run(items: list[Item], args: argparse.Namespace, out: Path, progress: 
                     messages=[{"role": "user", "content": content}],
                     **sampling_body(args),
                     **thinking_body(args),
+                    extra_headers=session_headers(),  # one conversation per item
                 )
             except (openai.AuthenticationError, openai.NotFoundError):
                 raise  # a wrong key, model or URL fails every item alike: stop

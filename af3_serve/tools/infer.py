@@ -20,6 +20,7 @@ from af3_serve.tools.common import (
     audio_part,
     base_url,
     sampling_body,
+    session_headers,
     thinking_body,
 )
 
@@ -79,6 +80,7 @@ def ask_server(args: argparse.Namespace, text: str, echo: bool) -> Answer:
         stream_options={"include_usage": True},
         **sampling_body(args),
         **thinking_body(args),
+        extra_headers=session_headers(),
     )
     parts: list[str] = []
     finish_reason = None

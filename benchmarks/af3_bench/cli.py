@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     target.add_argument("--model", default=DEFAULT_SERVED_MODEL_NAME, help="default: %(default)s")
     target.add_argument("--api-key", help="sent as a Bearer token")
+    target.add_argument(
+        "--metrics-url",
+        action="append",
+        default=[],
+        help="a replica's /metrics, where the engine's cache counters are read (repeatable, "
+        "for --url behind a load balancer; default: URL/metrics)",
+    )
     target.add_argument("--compare", metavar="URL2", help="a second endpoint, run in turn")
     target.add_argument("--compare-model", help="default: --model")
     target.add_argument("--compare-api-key", help="default: --api-key")
@@ -169,7 +176,7 @@ def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
-    endpoints = [Endpoint("primary", args.url, args.model, args.api_key)]
+    endpoints = [Endpoint("primary", args.url, args.model, args.api_key, tuple(args.metrics_url))]
     if args.compare:
         model, key = args.compare_model or args.model, args.compare_api_key or args.api_key
         endpoints.append(Endpoint("compare", args.compare, model, key))
@@ -210,6 +217,8 @@ def _run_steps(
                 args.slo_ttft_ms,
                 args.slo_e2el_ms,
             ) | {"cache": result.cache}
+            if result.cache_by_replica is not None:
+                summary["cache_by_replica"] = result.cache_by_replica
             runs.append(
                 report.Run(step, endpoint.name, concurrency, result.records, summary, label)
             )

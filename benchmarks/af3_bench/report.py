@@ -209,6 +209,7 @@ def per_turn_table(summaries: dict[str, dict[str, Any]]) -> str:
             "endpoint",
             "n",
             "prompt tokens",
+            "prefix hits",
             *(f"TTFT {stat} ms" for stat in stats),
             *(f"E2EL {stat} ms" for stat in stats),
         ]
@@ -222,6 +223,7 @@ def per_turn_table(summaries: dict[str, dict[str, Any]]) -> str:
                 endpoint,
                 str(row["count"]),
                 _number(row["prompt_tokens_mean"]),
+                "-" if row["prefix_hit_rate"] is None else f"{row['prefix_hit_rate']:.0%}",
                 *(_number(row["ttft_ms"][stat]) for stat in stats),
                 *(_number(row["e2el_ms"][stat]) for stat in stats),
             ]

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from tqdm import tqdm
 from af3_bench.client import RequestRecord, send
 from af3_bench.server_metrics import cache_delta, read_counters
 from af3_bench.workload import Conversation, Request
+from af3_serve.tools.common import SESSION_HEADER
 
 
 @dataclass(frozen=True)
@@ -19,14 +21,17 @@ class Endpoint:
     url: str
     model: str
     api_key: str | None
+    # Where the engine's cache counters are read: the server's own /metrics by default;
+    # behind a load balancer, each replica's.
+    replica_metrics: tuple[str, ...] = ()
 
     @property
     def chat_url(self) -> str:
         return f"{self.url.rstrip('/')}/v1/chat/completions"
 
     @property
-    def metrics_url(self) -> str:
-        return f"{self.url.rstrip('/')}/metrics"
+    def metrics_urls(self) -> tuple[str, ...]:
+        return self.replica_metrics or (f"{self.url.rstrip('/')}/metrics",)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -44,6 +49,8 @@ class PassResult:
     # whose earlier turn failed, which cannot be built without that turn's answer.
     unfinished: int
     cache: dict[str, Any] | None  # vLLM's cache counters over the pass; None if unreadable
+    # The same per replica, when several metrics URLs are read.
+    cache_by_replica: dict[str, dict[str, Any] | None] | None = None
 
 
 def _client(timeout_s: float) -> httpx.AsyncClient:
@@ -73,19 +80,21 @@ async def run_pass(
     records: list[RequestRecord] = []
     failed = 0
     async with _client(timeout_s) as client:
-        before = await read_counters(client, endpoint.metrics_url, endpoint.headers)
+        urls = endpoint.metrics_urls
+        before = [await read_counters(client, url, endpoint.headers) for url in urls]
+        # Every turn of a conversation names it, for session-affinity load balancers.
+        run_id = uuid.uuid4().hex[:12]
         start = time.perf_counter()
 
         async def talk(conversation: Conversation, offset: float) -> None:
             nonlocal failed
             await asyncio.sleep(start + offset - time.perf_counter())
             answers: list[str] = []
+            headers = endpoint.headers | {SESSION_HEADER: f"{run_id}-{conversation.index}"}
             async with slots:
                 for _ in conversation.questions:
                     request = conversation.request(answers)
-                    record = await send(
-                        client, endpoint.chat_url, endpoint.headers, request, stream, start
-                    )
+                    record = await send(client, endpoint.chat_url, headers, request, stream, start)
                     records.append(record)
                     progress.update()
                     if not record.ok:
@@ -102,11 +111,24 @@ async def run_pass(
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        after = await read_counters(client, endpoint.metrics_url, endpoint.headers)
+        after = [await read_counters(client, url, endpoint.headers) for url in urls]
     progress.close()
     records.sort(key=lambda r: (r.index, r.turn))
-    cache = cache_delta(before, after) if before is not None and after is not None else None
-    return PassResult(records, duration, total - len(records), cache)
+    deltas = {
+        url: cache_delta(b, a) if b is not None and a is not None else None
+        for url, b, a in zip(urls, before, after, strict=True)
+    }
+    cache = None
+    if all(b is not None for b in before) and all(a is not None for a in after):
+        cache = cache_delta(_summed(before), _summed(after))
+    by_replica = deltas if len(urls) > 1 else None
+    return PassResult(records, duration, total - len(records), cache, by_replica)
+
+
+def _summed(readings: list[dict[str, float]]) -> dict[str, float]:
+    """Counters summed over replicas; a counter counts only where every replica has it."""
+    names = set.intersection(*(set(r) for r in readings))
+    return {name: sum(r[name] for r in readings) for name in names}
 
 
 async def warm_up(endpoint: Endpoint, request: Request, stream: bool, timeout_s: float) -> None:

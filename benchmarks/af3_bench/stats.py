@@ -44,6 +44,16 @@ def ttft_by_audio_length(records: Sequence[RequestRecord]) -> list[dict[str, Any
     ]
 
 
+# vLLM caches whole KV blocks: 16 tokens on GPUs by default, 128 on CPUs.
+MAX_BLOCK_TOKENS = 128
+
+
+def prefix_hit(cached_tokens: int, audio_tokens: int) -> bool:
+    """Whether a later turn found its audio in the prefix cache: all of it but at most the
+    last partial block. A miss computes it again (about nothing cached)."""
+    return cached_tokens >= audio_tokens - MAX_BLOCK_TOKENS
+
+
 def per_turn(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
     """For each turn of the conversations (--turns), its completed and failed requests,
     their mean prompt length and TTFT and E2E latency distributions: a server that reuses
@@ -53,12 +63,16 @@ def per_turn(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
         these = [r for r in records if r.turn == turn]
         done = [r for r in these if r.ok]
         prompts = [r.prompt_tokens for r in done if r.prompt_tokens is not None]
+        known = [r for r in done if r.cached_tokens is not None and r.audio_tokens]
+        hits = sum(1 for r in known if prefix_hit(r.cached_tokens, r.audio_tokens))
         rows.append(
             {
                 "turn": turn,
                 "count": len(done),
                 "failed": len(these) - len(done),
                 "prompt_tokens_mean": sum(prompts) / len(prompts) if prompts else None,
+                "prefix_hits": hits,
+                "prefix_hit_rate": hits / len(known) if known else None,
                 "ttft_ms": distribution([r.ttft_s for r in done if r.ttft_s is not None]),
                 "e2el_ms": distribution([r.e2el_s for r in done if r.e2el_s is not None]),
             }

@@ -3,10 +3,21 @@
 
 const SAMPLE_RATE = 16000; // what the model hears; recordings are sent at this rate
 const KEY_STORAGE = "af3-api-key";
+// Names the conversation for a session-affinity load balancer (vLLM's router, policy
+// sticky_least_loaded): its later turns reach the replica that holds its cached audio.
+const SESSION_HEADER = "X-Session-ID";
+
+// crypto.randomUUID exists only in secure contexts (https, localhost); the page is also
+// served over plain http to other hosts.
+function newSessionId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
 
 const $ = (id) => document.getElementById(id);
 const state = {
   messages: [], // the conversation sent with every turn; audio stays in its own turn
+  session: newSessionId(), // this conversation's id, sent as SESSION_HEADER
   attached: null, // {blob, name, format, url} for the next turn
   model: null,
   thinkModel: null, // a served model id ending in "-think", if any
@@ -165,10 +176,10 @@ function addTurn(role, text, audioUrl) {
 }
 
 // Reads the server-sent events of a streamed chat completion into `turn`.
-async function streamAnswer(body, turn, signal) {
+async function streamAnswer(body, session, turn, signal) {
   const response = await fetch("v1/chat/completions", {
     method: "POST",
-    headers: headers(),
+    headers: { ...headers(), [SESSION_HEADER]: session },
     body: JSON.stringify(body),
     signal,
   });
@@ -235,6 +246,7 @@ async function send(event) {
   const turn = addTurn("assistant", "");
   // This conversation's history, even if "New conversation" replaces it meanwhile.
   const messages = state.messages;
+  const session = state.session;
   messages.push({ role: "user", content });
   state.controller = new AbortController();
   setBusy(true);
@@ -248,6 +260,7 @@ async function send(event) {
         max_tokens: Number($("max-tokens").value) || undefined,
         temperature: Number($("temperature").value),
       },
+      session,
       turn,
       state.controller.signal,
     );
@@ -271,6 +284,7 @@ async function send(event) {
 function newConversation() {
   state.controller?.abort();
   state.messages = [];
+  state.session = newSessionId();
   $("conversation").replaceChildren();
   showError("");
 }
