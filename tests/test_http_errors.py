@@ -119,13 +119,6 @@ async def test_body_too_large(api) -> None:
     assert api.engine.started == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: after BodyLimits answers 413 (or 408) mid-body it tells the app the "
-    "client left; the chat endpoint's request.body() then raises starlette's ClientDisconnect, "
-    "which reaches the catch-all handler ('unhandled error' with a traceback) and is re-raised "
-    "to the ASGI server (af3_serve/edge/limits.py, af3_serve/chat/router.py)",
-)
 async def test_a_body_refused_mid_stream_is_no_unhandled_error(api, caplog) -> None:
     async def chunks():
         for _ in range(49):
