@@ -4,8 +4,9 @@ transformers 5.19 (`MusicFlamingoRotaryEmbedding`, `apply_rotary_time_emb`) rota
 pooled, LayerNorm-ed encoder output before the adaptor. Each token of window `w` of its
 audio (counted from 0 in every audio) at position `j` of the window has the time
 `t = w * 750 * 0.04 + j * 0.04` s (`audio_frame_step` 0.01 s, x4 for the conv's stride and
-the pooling). Two axes of `dim = int(audio hidden size * partial_rotary_factor)` channels
-each (256 of 1280 for `partial_rotary_factor` 0.2), inverse frequencies
+the pooling). Two axes of `dim = int(head_dim * partial_rotary_factor)` channels each
+(`head_dim` is the encoder's width: 256 of 1280 for `partial_rotary_factor` 0.2), inverse
+frequencies
 `rope_theta ** -(2i / dim)` (`rope_theta` 1200):
 
 - the window axis: `round(window start / 30 s) / max_positions * inv_freq`;
@@ -44,7 +45,9 @@ class RotaryTimeEmbedding(nn.Module):
         rope = config.rope_parameters
         if rope.get("rope_type", "default") != "default":
             raise ValueError(f"rotary time embeddings of rope_type {rope['rope_type']!r}")
-        dim = int(config.audio_config.hidden_size * rope.get("partial_rotary_factor", 1.0))
+        # MusicFlamingoConfig sets head_dim to the encoder's width (config.json may repeat it).
+        head_dim = getattr(config, "head_dim", None) or config.audio_config.hidden_size
+        dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
         inv_freq = 1.0 / (rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
         self.max_positions = config.max_position_embeddings
         positions = torch.arange(int(self.max_positions), dtype=inv_freq.dtype)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytest_asyncio
 
 from benchmarks import harness
 
@@ -27,6 +28,28 @@ def tiny_checkpoint() -> Path:
     path = CACHE / "tiny-af3-think"
     if not (path / "AF3_TINY_CHECKPOINT.json").exists():
         build_checkpoint(path, "tiny", think=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_music_flamingo() -> Path:
+    """The tiny MusicFlamingo as music-flamingo-2601-hf (1200 s), its weights as
+    transformers' save_pretrained writes them (`language_model.model.model.*`)."""
+    return _tiny("tiny-music-flamingo", family="musicflamingo", layout="transformers")
+
+
+@pytest.fixture(scope="session")
+def tiny_af_next() -> Path:
+    """The tiny MusicFlamingo as audio-flamingo-next-hf (1800 s), in the hub's layout."""
+    return _tiny("tiny-af-next", family="af-next")
+
+
+def _tiny(name: str, **kwargs) -> Path:
+    from af3_model_executor.testing.tiny_checkpoint import build_checkpoint
+
+    path = CACHE / name
+    if not (path / "AF3_TINY_CHECKPOINT.json").exists():
+        build_checkpoint(path, "tiny", **kwargs)
     return path
 
 
@@ -150,7 +173,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.engine)
 
 
-@pytest.fixture
+# In the test's own event loop, so that the app's background tasks (the engine watcher)
+# run while the test awaits.
+@pytest_asyncio.fixture(loop_scope="function")
 async def http(tiny_checkpoint: Path, tmp_path_factory) -> AsyncIterator["object"]:
     """af3-serve in this process on the fake engine (tests/in_process.py), default flags."""
     from tests.in_process import in_process_server

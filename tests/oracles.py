@@ -1,6 +1,6 @@
 """The two reference implementations our model is checked against, on the same weights:
-HF transformers' AF3 (in-process) and vLLM's built-in AF3 (a subprocess with our
-plugin switched off)."""
+HF transformers' AF3 and MusicFlamingo (in-process) and vLLM's built-in AF3 (a subprocess
+with our plugin switched off)."""
 
 import json
 import os
@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from af3_model_executor.constants import AUDIO_TOKEN
+from af3_model_executor.families import AF3, checkpoint_family
 
 PROMPT_QUESTION = "What is said in the audio?"
 
@@ -27,15 +28,24 @@ def chat_prompt(checkpoint: Path, question: str = PROMPT_QUESTION, num_audios: i
 
 
 class HFReference:
-    """transformers' AudioFlamingo3ForConditionalGeneration in float32."""
+    """transformers' AudioFlamingo3ForConditionalGeneration in float32, or its
+    MusicFlamingoForConditionalGeneration for a checkpoint of that family."""
 
     def __init__(self, checkpoint: Path) -> None:
-        from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
+        from transformers import (
+            AudioFlamingo3ForConditionalGeneration,
+            AutoProcessor,
+            MusicFlamingoForConditionalGeneration,
+        )
 
+        self.rotary_time = checkpoint_family(checkpoint) is not AF3
+        model_class = (
+            MusicFlamingoForConditionalGeneration
+            if self.rotary_time
+            else AudioFlamingo3ForConditionalGeneration
+        )
         self.processor = AutoProcessor.from_pretrained(checkpoint)
-        self.model = AudioFlamingo3ForConditionalGeneration.from_pretrained(
-            checkpoint, dtype=torch.float32
-        ).eval()
+        self.model = model_class.from_pretrained(checkpoint, dtype=torch.float32).eval()
 
     def _inputs(self, prompt: str, audio: np.ndarray) -> dict:
         return self.processor(text=[prompt], audio=[audio], return_tensors="pt")
@@ -43,8 +53,10 @@ class HFReference:
     @torch.inference_mode()
     def embeddings(self, audio: np.ndarray) -> torch.Tensor:
         inputs = self._inputs(AUDIO_TOKEN, audio)
+        # MusicFlamingo's rotary time embeddings take each window's time from input_ids.
+        extra = (inputs["input_ids"],) if self.rotary_time else ()
         return self.model.get_audio_features(
-            inputs["input_features"], inputs["input_features_mask"]
+            inputs["input_features"], inputs["input_features_mask"], *extra
         ).pooler_output
 
     def prompt_token_ids(self, prompt: str, audio: np.ndarray) -> list[int]:
@@ -55,6 +67,28 @@ class HFReference:
         inputs = self._inputs(prompt, audio)
         out = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
         return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+    def multi_audio_inputs(self, prompt_token_ids: list[int], audios: list[np.ndarray]) -> dict:
+        """Inputs for a prompt with several audios, which HF's processor refuses (one text
+        per audio): every audio's windows in order, the prompt's tokens as given."""
+        per_audio = [self._inputs(AUDIO_TOKEN, audio) for audio in audios]
+        return {
+            "input_ids": torch.tensor([prompt_token_ids]),
+            "attention_mask": torch.ones(1, len(prompt_token_ids), dtype=torch.long),
+            "input_features": torch.cat([i["input_features"] for i in per_audio]),
+            "input_features_mask": torch.cat([i["input_features_mask"] for i in per_audio]),
+        }
+
+    @torch.inference_mode()
+    def generate_from(self, inputs: dict, max_tokens: int) -> list[int]:
+        out = self.model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
+        return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, prompt: str, audio: np.ndarray) -> torch.Tensor:
+        """Log-probabilities of the first generated token, over the vocabulary."""
+        logits = self.model(**self._inputs(prompt, audio)).logits[0, -1]
+        return torch.log_softmax(logits.float(), dim=-1)
 
 
 class HFThinkReference(HFReference):

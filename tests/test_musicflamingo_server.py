@@ -1,0 +1,64 @@
+"""A real af3-serve process on the tiny Music Flamingo 2601 checkpoint (MusicFlamingo, 1200 s,
+its weights as transformers' save_pretrained writes them), driven by the `openai` client:
+the answer equals transformers' greedy one, and the checkpoint's limit is the server's."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.audio_files import as_sent, audio_part
+from tests.conftest import make_clip
+from tests.oracles import HFReference, chat_prompt
+from tests.server import API_KEY, start_server
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+MODEL = "music-flamingo"
+QUESTION = "Describe the music in detail."
+
+
+@pytest.fixture(scope="module")
+def mf_client(tiny_music_flamingo: Path, tmp_path_factory) -> Iterator[openai.OpenAI]:
+    log = tmp_path_factory.mktemp("music-flamingo") / "af3-serve.log"
+    server = start_server(tiny_music_flamingo, log, "--served-model-name", MODEL)
+    yield openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    server.stop()
+
+
+def test_chat_completion_equals_transformers(mf_client, tiny_music_flamingo, speech) -> None:
+    clip = make_clip(speech, 40.0)
+    reply = mf_client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "user", "content": [audio_part(clip), {"type": "text", "text": QUESTION}]}
+        ],
+        max_tokens=12,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    hf = HFReference(tiny_music_flamingo)
+    prompt = chat_prompt(tiny_music_flamingo, QUESTION)
+    tokens = hf.generate(prompt, as_sent(clip), 12)
+    text = hf.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert reply.choices[0].message.content == text
+    assert reply.usage.completion_tokens == len(tokens)
+    assert reply.usage.prompt_tokens_details.audio_tokens == 1000
+    first = reply.choices[0].logprobs.content[0]
+    reference = hf.next_token_logprobs(prompt, as_sent(clip))
+    assert first.logprob == pytest.approx(float(reference.max()), abs=1e-4)
+
+
+def test_the_checkpoints_limit_is_the_servers(mf_client, speech) -> None:
+    (card,) = mf_client.models.list().data
+    assert card.id == MODEL and card.model_extra["max_audio_seconds"] == 1200
+    too_long = audio_part(make_clip(speech, 1201.0), "flac")
+    with pytest.raises(openai.APIStatusError) as refused:
+        mf_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": [too_long]}], max_tokens=1
+        )
+    error = refused.value.body
+    assert refused.value.status_code == 413 and error["code"] == "audio_too_long"
+    assert "at most 1200 s" in error["message"] and MODEL in error["message"]
