@@ -54,11 +54,11 @@ def model_engine_args(files: ModelFiles, args: AsyncEngineArgs | None = None) ->
     }
 
 
-def engine_defaults(config: ServerConfig, files: ModelFiles) -> dict[str, int]:
-    """The settings that follow the longest audio served (the checkpoint's limit, or lower
-    with --max-audio-seconds): context, batched tokens and encoder cache, as
-    `config.audio_length_defaults` sizes them for its placeholders."""
-    seconds = config.audio_seconds_limit(files.audio.max_audio_seconds)
+def engine_defaults(files: ModelFiles, max_audio_seconds: float | None = None) -> dict[str, int]:
+    """The settings that follow the longest audio served (default: the checkpoint's limit):
+    context, batched tokens and encoder cache, as `config.audio_length_defaults` sizes them
+    for its placeholders."""
+    seconds = max_audio_seconds or files.audio.max_audio_seconds
     tokens = dataclasses.replace(files.audio, max_audio_seconds=seconds).max_audio_tokens
     if files.family.audio_span_tokens:
         tokens += 2  # <|sound_bos|> and <|sound_eos|>
@@ -68,7 +68,8 @@ def engine_defaults(config: ServerConfig, files: ModelFiles) -> dict[str, int]:
 def engine_args(config: ServerConfig, files: ModelFiles) -> AsyncEngineArgs:
     """The user's engine flags, pointed at the prepared files, with what our model needs
     and, where the user set none, the defaults for the longest audio."""
-    args, defaults = config.engine_args, engine_defaults(config, files)
+    args = config.engine_args
+    defaults = engine_defaults(files, config.audio_seconds_limit(files.audio.max_audio_seconds))
     return dataclasses.replace(
         args,
         model=files.model_dir,
@@ -86,8 +87,9 @@ def build_vllm_config(config: ServerConfig, files: ModelFiles) -> VllmConfig:
     vllm_config = engine_args(config, files).create_engine_config(USAGE)
     # vLLM sizes the encoder cache to one batch of tokens (~one longest audio), so a second
     # long audio cannot start its prefill until the first has finished; hold several.
+    limit = config.audio_seconds_limit(files.audio.max_audio_seconds)
     cache_tokens = (
-        config.encoder_cache_tokens or engine_defaults(config, files)["encoder_cache_tokens"]
+        config.encoder_cache_tokens or engine_defaults(files, limit)["encoder_cache_tokens"]
     )
     scheduler = vllm_config.scheduler_config
     scheduler.encoder_cache_size = max(scheduler.encoder_cache_size, cache_tokens)
