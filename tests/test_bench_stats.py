@@ -202,6 +202,18 @@ def test_wav_signature_changes_only_a_few_quiet_samples() -> None:
     assert np.abs(signed[changed]).max() <= 32
 
 
+def test_runs_with_different_seeds_send_different_audio() -> None:
+    """Speech is the same recording whatever the seed: only the signature keeps a second
+    run's audio out of the caches the first run filled (on every replica it reached)."""
+    first, second = (
+        Workload(AudioSource("speech", None, seed), [1.0], "wav", "Hi?", False)
+        for seed in (1, 2)
+    )
+    audio = [_audio_of(b"".join(w.requests({})[0].body))[0] for w in (first, second)]
+    changed = np.flatnonzero(audio[0] != audio[1])
+    assert 0 < changed.size <= 6
+
+
 def test_api_keys_are_masked_in_the_recorded_command() -> None:
     command = ["af3-bench", "--api-key", "s3cret", "--compare-api-key=other", "--url", "u"]
     assert redacted_command(command) == (

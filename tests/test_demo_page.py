@@ -74,10 +74,14 @@ def test_upload_ask_stream_and_follow_up_in_chromium(browser, server, espeak_wav
     # Under the page's own Content-Security-Policy (no bypass): what users get.
     page = browser.new_page(viewport={"width": 900, "height": 640})
     sent: list[dict] = []
-    page.on(
-        "request",
-        lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None,
-    )
+    sessions: list[str | None] = []  # X-Session-ID of each chat request
+
+    def record(request) -> None:
+        if request.url.endswith("/v1/chat/completions"):
+            sent.append(request.post_data_json)
+            sessions.append(request.headers.get("x-session-id"))
+
+    page.on("request", record)
     page.goto(f"{server.url}/")
     expect(page.locator("#error")).to_contain_text("API key")  # this server needs one
     page.fill("#api-key", API_KEY)
@@ -117,7 +121,16 @@ def test_upload_ask_stream_and_follow_up_in_chromium(browser, server, espeak_wav
     assert [p["type"] for p in messages[0]["content"]] == ["input_audio", "text"]
     assert messages[1]["content"] == first_answer
     assert messages[2]["content"] == [{"type": "text", "text": "Say it again."}]
+    # Both turns name one conversation, for a session-affinity load balancer.
+    assert re.fullmatch("[0-9a-f]{32}", sessions[0]) and sessions[1] == sessions[0]
     page.screenshot(path=ROOT / "docs" / "demo-page.png")
+
+    # A new conversation is a new session.
+    page.click("#new-chat")
+    page.fill("#question", "Hello?")
+    page.press("#question", "Enter")
+    expect(page.locator(".turn.assistant .usage").first).to_contain_text("generated")
+    assert len(sessions) == 3 and sessions[2] not in (None, sessions[0])
     page.close()
 
 

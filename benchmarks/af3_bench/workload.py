@@ -42,6 +42,7 @@ FOLLOW_UPS = (
 # keys its multimodal, encoder and prefix caches on the decoded samples, and a repeated
 # clip would be served from cache and flatter every number.
 _SIGNATURE_SAMPLES = 6  # 12 bytes = 16 base64 characters
+SEED_SIGNATURE_SHIFT = 24  # 36-bit signatures: 2**24 requests per seed, 4096 seeds
 _DITHER = 1e-3  # compressed formats: noise at -60 dBFS, which a lossy encoder cannot drop
 
 
@@ -214,7 +215,9 @@ class Workload:
         self.prompt = prompt
         self.repeat_audio = repeat_audio
         self._keys = [(s, i % source.variants) for i, s in enumerate(lengths)]
-        self._next_signature = 0
+        # Runs with different --seed sign with different numbers, so a server that served
+        # one run holds none of the next run's audio in its caches.
+        self._next_signature = source.seed << SEED_SIGNATURE_SHIFT
         # WAV (or repeated audio): each distinct clip is encoded here once and signed per
         # request by swapping 16 base64 characters; mp3/flac are re-encoded in requests().
         self._clips: dict[tuple[float, int], bytes] = {}
