@@ -115,7 +115,7 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(tiny_checkpoint: Path, media_dir: Path, tmp_path_factory) -> Iterator["object"]:
     """One real af3-serve process for the session: API key on, two requests at a time."""
-    from tests.server import start_server
+    from tests.server import PRIVATE_MEDIA_HOSTS, start_server
 
     log = tmp_path_factory.mktemp("server") / "af3-serve.log"
     process = start_server(
@@ -127,16 +127,8 @@ def server(tiny_checkpoint: Path, media_dir: Path, tmp_path_factory) -> Iterator
         str(48 * 2**20),
         "--max-pending-requests",
         "2",
-        # Allowlisted, yet all of them resolve to addresses audio may never come from.
         "--allowed-media-domains",
-        "127.0.0.1",
-        "localhost",
-        "::1",
-        "169.254.169.254",
-        "0x7f000001",
-        "2130706433",
-        "017700000001",
-        "::ffff:127.0.0.1",
+        *PRIVATE_MEDIA_HOSTS,
     )
     yield process
     process.stop()

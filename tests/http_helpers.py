@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from af3_model_executor.constants import DEFAULT_SERVED_MODEL_NAME
 from tests.audio_files import audio_part
 from tests.conftest import make_clip
 from tests.fake_engine import FakeEngine
 from tests.in_process import InProcess, in_process_server
 
-MODEL = "audio-flamingo-3"
+MODEL = DEFAULT_SERVED_MODEL_NAME
 THINK_MODEL = MODEL + "-think"
 QUESTION = "What is said?"
 CHAT = "/v1/chat/completions"

@@ -6,6 +6,18 @@ from pathlib import Path
 from benchmarks.harness import ENGINE, Server, launch_af3_serve
 
 API_KEY = "test-key-123"
+# Allowlisted by the test servers, yet all of them resolve to addresses audio may never
+# come from (loopback, link-local metadata, numeric spellings of 127.0.0.1).
+PRIVATE_MEDIA_HOSTS = (
+    "127.0.0.1",
+    "localhost",
+    "::1",
+    "169.254.169.254",
+    "0x7f000001",
+    "2130706433",
+    "017700000001",
+    "::ffff:127.0.0.1",
+)
 
 
 def start_server(checkpoint: Path, log: Path, *extra: str) -> Server:

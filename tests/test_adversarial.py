@@ -25,7 +25,7 @@ from tests.audio_files import as_sent, encode
 from tests.conftest import CACHE, make_clip
 from tests.http_helpers import CHAT, TRANSCRIPTIONS, assert_clean, server_fixture
 from tests.oracles import chat_prompt
-from tests.server import API_KEY
+from tests.server import API_KEY, PRIVATE_MEDIA_HOSTS
 
 MODEL = "audio-flamingo-3"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -42,14 +42,7 @@ api = server_fixture(
     "--max-pending-requests",
     "2",
     "--allowed-media-domains",
-    "127.0.0.1",
-    "localhost",
-    "::1",
-    "169.254.169.254",
-    "0x7f000001",
-    "2130706433",
-    "017700000001",
-    "::ffff:127.0.0.1",
+    *PRIVATE_MEDIA_HOSTS,
     scope="module",
 )
 

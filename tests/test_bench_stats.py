@@ -206,8 +206,7 @@ def test_runs_with_different_seeds_send_different_audio() -> None:
     """Speech is the same recording whatever the seed: only the signature keeps a second
     run's audio out of the caches the first run filled (on every replica it reached)."""
     first, second = (
-        Workload(AudioSource("speech", None, seed), [1.0], "wav", "Hi?", False)
-        for seed in (1, 2)
+        Workload(AudioSource("speech", None, seed), [1.0], "wav", "Hi?", False) for seed in (1, 2)
     )
     audio = [_audio_of(b"".join(w.requests({})[0].body))[0] for w in (first, second)]
     changed = np.flatnonzero(audio[0] != audio[1])

@@ -10,19 +10,10 @@ import pytest
 
 from tests.audio_files import encode
 from tests.http_helpers import CHAT, assert_error, serve, server_fixture, url_request
+from tests.server import PRIVATE_MEDIA_HOSTS
 
 PARAM = "messages[0].content[0].audio_url.url"
-# Allowlisted, yet all of them resolve to addresses audio may never come from.
-PRIVATE_HOSTS = [
-    "127.0.0.1",
-    "localhost",
-    "::1",
-    "169.254.169.254",
-    "0x7f000001",
-    "2130706433",
-    "017700000001",
-    "::ffff:127.0.0.1",
-]
+PRIVATE_HOSTS = PRIVATE_MEDIA_HOSTS
 api = server_fixture(
     "--allowed-local-media-path", "{tmp}/media", "--allowed-media-domains", *PRIVATE_HOSTS
 )

@@ -1,6 +1,7 @@
 """Conversations named by the client (X-Session-ID), in-process on the fake engine: what a
 session-affinity load balancer and data-parallel engines need."""
 
+from af3_serve.chat.protocol import BALANCER_DEFAULTS
 from tests.http_helpers import chat_body
 from tests.in_process import in_process_server
 
@@ -42,15 +43,7 @@ async def test_a_named_conversation_stays_on_one_data_parallel_engine(
 
 async def test_what_a_load_balancer_adds_at_its_defaults_is_accepted(http, speech) -> None:
     """vLLM's router adds SGLang-style fields to every body it forwards."""
-    added = {
-        "no_stop_trim": False,
-        "continue_final_message": False,
-        "skip_special_tokens": True,
-        "separate_reasoning": True,
-        "stream_reasoning": True,
-        "return_hidden_states": False,
-        "include_reasoning": True,
-    }
+    added = BALANCER_DEFAULTS
     body = chat_body(speech, max_tokens=2) | added
     assert (await http.client.post("/v1/chat/completions", json=body)).status_code == 200
     for name, default in added.items():

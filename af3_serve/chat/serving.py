@@ -3,6 +3,7 @@ body, then one `chat.completion` or a stream of `chat.completion.chunk`s."""
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from vllm import SamplingParams
@@ -92,27 +93,25 @@ def _logprobs(output: CompletionOutput, top: int) -> ChoiceLogprobs | None:
     return ChoiceLogprobs(content=entries)
 
 
+@dataclass
 class ChatAnswer:
     """The engine request of one admitted chat request, answered whole or streamed."""
 
-    def __init__(
-        self,
-        served: ServedRequest,
-        body: ChatCompletionRequest,
-        engine_input: Any,
-        params: SamplingParams,
-        think: bool,
-        audio_token_id: int,
-    ) -> None:
-        self.served = served
-        self.body = body
-        self.engine_input = engine_input
-        self.params = params
-        self.think = think
-        self.id = completion_id()
-        self.top = body.top_logprobs or 0
-        self.prompt_ids: list[int] = engine_input["prompt_token_ids"]
-        self.audio_tokens = sum(1 for t in self.prompt_ids if t == audio_token_id)
+    served: ServedRequest
+    body: ChatCompletionRequest
+    engine_input: Any
+    params: SamplingParams
+    think: bool
+    audio_token_id: int
+    id: str = field(default_factory=completion_id)
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return self.engine_input["prompt_token_ids"]
+
+    @property
+    def top(self) -> int:
+        return self.body.top_logprobs or 0
 
     def _outputs(self) -> AsyncIterator[Any]:
         return self.served.generate(self.engine_input, self.params, self.id, self.think)
@@ -123,7 +122,8 @@ class ChatAnswer:
             completion_tokens=completion_tokens,
             total_tokens=len(self.prompt_ids) + completion_tokens,
             prompt_tokens_details=PromptTokensDetails(
-                audio_tokens=self.audio_tokens, cached_tokens=cached_tokens
+                audio_tokens=self.prompt_ids.count(self.audio_token_id),
+                cached_tokens=cached_tokens,
             ),
         )
 

@@ -5,6 +5,7 @@ stitched in order, whole or streamed."""
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -60,27 +61,16 @@ def windows(audio: np.ndarray) -> list[tuple[int, int]]:
     return bounds
 
 
+@dataclass
 class SpeechAnswer:
     """The window requests of one admitted speech request, collected or streamed."""
 
-    def __init__(
-        self,
-        served: ServedRequest,
-        bounds: list[tuple[int, int]],
-        inputs: list[Any],
-        params: SamplingParams,
-        request_id: str,
-        audio_token_id: int,
-    ) -> None:
-        self.served = served
-        self.bounds = bounds
-        self.inputs = inputs
-        self.params = params
-        self.request_id = request_id
-        self.prompt_tokens = sum(len(e["prompt_token_ids"]) for e in inputs)
-        self.audio_tokens = sum(
-            sum(1 for t in e["prompt_token_ids"] if t == audio_token_id) for e in inputs
-        )
+    served: ServedRequest
+    bounds: list[tuple[int, int]]
+    inputs: list[Any]
+    params: SamplingParams
+    request_id: str
+    audio_token_id: int
 
     def _window_outputs(self) -> list[AsyncIterator[RequestOutput]]:
         return [
@@ -89,14 +79,17 @@ class SpeechAnswer:
         ]
 
     def usage(self, output_tokens: int) -> dict:
+        prompts = [e["prompt_token_ids"] for e in self.inputs]
+        prompt_tokens = sum(len(p) for p in prompts)
+        audio_tokens = sum(p.count(self.audio_token_id) for p in prompts)
         return {
             "type": "tokens",
-            "input_tokens": self.prompt_tokens,
+            "input_tokens": prompt_tokens,
             "output_tokens": output_tokens,
-            "total_tokens": self.prompt_tokens + output_tokens,
+            "total_tokens": prompt_tokens + output_tokens,
             "input_token_details": {
-                "audio_tokens": self.audio_tokens,
-                "text_tokens": self.prompt_tokens - self.audio_tokens,
+                "audio_tokens": audio_tokens,
+                "text_tokens": prompt_tokens - audio_tokens,
             },
         }
 
