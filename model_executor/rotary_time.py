@@ -48,14 +48,19 @@ class RotaryTimeEmbedding(nn.Module):
         # MusicFlamingoConfig sets head_dim to the encoder's width (config.json may repeat it).
         head_dim = getattr(config, "head_dim", None) or config.audio_config.hidden_size
         dim = int(head_dim * rope.get("partial_rotary_factor", 1.0))
-        inv_freq = 1.0 / (rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
         self.max_positions = config.max_position_embeddings
-        positions = torch.arange(int(self.max_positions), dtype=inv_freq.dtype)
-        positions = positions / self.max_positions * (2 * pi)
-        position_angles = torch.repeat_interleave(positions.unsqueeze(-1) * inv_freq, 2, dim=-1)
-        # Not in the checkpoint; float32 whatever the model's dtype, as the reference.
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.register_buffer("position_angles", position_angles, persistent=False)
+        # Not in the checkpoint: computed on the CPU as the reference does (bit for bit),
+        # then put on the device vLLM builds the model on; float32 whatever the model's dtype.
+        device = torch.get_default_device()
+        with torch.device("cpu"):
+            inv_freq = 1.0 / (
+                rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float) / dim)
+            )
+            positions = torch.arange(int(self.max_positions), dtype=inv_freq.dtype)
+            positions = positions / self.max_positions * (2 * pi)
+            angles = torch.repeat_interleave(positions.unsqueeze(-1) * inv_freq, 2, dim=-1)
+        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+        self.register_buffer("position_angles", angles.to(device), persistent=False)
         self.frame_step = config.audio_frame_step
         self.window_tokens = tokens_after_pooling(spec.window_frames)  # 750
 
