@@ -158,28 +158,35 @@ def _prepare_non_lora(think_dir: Path, base_dir: Path, out_dir: Path) -> tuple[P
 
 
 class _BaseWeights:
-    """The base checkpoint's tensors by official name, read one at a time."""
+    """The base checkpoint's tensors by official name (whichever naming its files use),
+    read one at a time."""
 
     def __init__(self, base_dir: Path) -> None:
         files = sorted(base_dir.glob("*.safetensors"))
         if not files:
             raise ThinkAdapterError(f"{base_dir} holds no safetensors weights")
         self._handles = [safe_open(str(f), framework="pt") for f in files]
+        self._where = {
+            official_name(key) or key: (handle, key)
+            for handle in self._handles
+            for key in handle.keys()
+        }
 
     def __enter__(self) -> "_BaseWeights":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._handles.clear()
+        self._where.clear()
 
     def names(self, prefix: str) -> list[str]:
-        return [n for handle in self._handles for n in handle.keys() if n.startswith(prefix)]
+        return [name for name in self._where if name.startswith(prefix)]
 
     def get(self, name: str) -> torch.Tensor | None:
-        for handle in self._handles:
-            if name in handle.keys():
-                return handle.get_tensor(name)
-        return None
+        if name not in self._where:
+            return None
+        handle, key = self._where[name]
+        return handle.get_tensor(key)
 
 
 def _prepare(base_dir: Path, think_dir: Path, out_dir: Path) -> dict:

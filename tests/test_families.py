@@ -83,6 +83,19 @@ def test_save_pretrained_names_map_onto_the_hub_names(tiny_music_flamingo, tiny_
     )
 
 
+def test_a_thinking_adapter_checks_against_save_pretrained_names(tmp_path) -> None:
+    """AF3 saved by transformers: its think/ adapter's non-LoRA tensors are found in the
+    base weights under their official names (a decoder tensor equal to the base's too)."""
+    checkpoint = build_checkpoint(tmp_path / "af3", think=True, layout="transformers")
+    bin_path = checkpoint / "think" / "non_lora_trainables.bin"
+    with safe_open(checkpoint / "model.safetensors", "pt") as f:
+        norm = f.get_tensor("language_model.model.model.norm.weight")
+    tensors = torch.load(bin_path, weights_only=True)
+    torch.save({**tensors, "base_model.model.model.language_model.norm.weight": norm}, bin_path)
+    files = resolve_model_files(str(checkpoint), "auto", tmp_path / "cache")
+    assert files.think.projector is not None and files.think.unchanged == 1
+
+
 @pytest.mark.parametrize(
     ("family_of", "limits"),
     [
