@@ -196,6 +196,36 @@ def _env() -> dict[str, str]:
     return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Later turns' TTFT and prefix-cache hits under each policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (ttft, hits) = plt.subplots(1, 2, figsize=(10, 4))
+    policies = result["policies"]
+    width = 0.8 / len(policies)
+    for i, (policy, run) in enumerate(policies.items()):
+        turns = [row["turn"] for row in run["per_turn"]]
+        x = [t + (i - (len(policies) - 1) / 2) * width for t in turns]
+        ttft.bar(x, [row["ttft_ms"]["mean"] / 1000 for row in run["per_turn"]], width, label=policy)
+        rates = [100 * (row["prefix_hit_rate"] or 0) for row in run["per_turn"]]
+        hits.bar(x, rates, width, label=policy)
+    ttft.set(xlabel="turn", ylabel="mean TTFT (s)", xticks=turns)
+    hits.set(xlabel="turn", ylabel="requests whose audio was cached (%)", xticks=turns)
+    ttft.legend()
+    w = result["workload"]
+    figure.suptitle(
+        f"{result['replicas']} af3-serve replicas behind vLLM's router ({result['checkpoint']} "
+        f"checkpoint, CPU): {w['conversations']} conversations x {w['turns']} turns about "
+        f"{w['audio_seconds']:.0f}-s audio, {w['max_concurrency']} at a time",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", type=Path, required=True)
@@ -235,6 +265,7 @@ def main() -> None:
         for replica in replicas:
             replica.stop()
     harness.write_result(out / "summary.json", result)
+    plot(result, out / "ttft_and_hits_by_turn.png")
 
 
 if __name__ == "__main__":
