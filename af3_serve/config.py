@@ -26,23 +26,18 @@ from af3_model_executor.constants import (
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "af3-serve"
 API_KEY_ENV = "AF3_API_KEY"
 
-# AF3's engine defaults. One 600-s prompt is ~15,000 tokens: vLLM's default of 2048 batched
-# tokens would prefill it in eight steps, and its default context leaves no room for it.
-# The ones that depend on the audio length (AUDIO_LENGTH_DEFAULTS) are AF3's values here;
-# left unset on the command line, `engine.py` sets them from the longest audio the
-# checkpoint and --max-audio-seconds allow (`audio_length_defaults`).
+# Our engine defaults. Those that depend on the audio length (context, batched tokens,
+# encoder cache) are not here: left unset on the command line, `engine.py` sets them from the
+# longest audio the checkpoint and --max-audio-seconds allow (`audio_length_defaults`).
 ENGINE_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL,
     "served_model_name": [DEFAULT_SERVED_MODEL_NAME],
-    "max_model_len": 32768,
-    "max_num_batched_tokens": 16384,
     "max_num_seqs": 64,
     "seed": 0,
     # AF3-Chat sends the same long audio again every turn: the cached prefix (audio
     # included) is what keeps later turns from re-encoding and re-prefilling it.
     "enable_prefix_caching": True,
 }
-AUDIO_LENGTH_DEFAULTS = ("max_model_len", "max_num_batched_tokens")
 
 # Engine flags we set ourselves and a user may not: (flag's dest, why, what to use instead).
 REFUSED_ENGINE_FLAGS = {
@@ -181,13 +176,8 @@ class ServerConfig(ServerSettings):
         return self.max_audio_seconds
 
 
-def _parser_engine_defaults() -> dict[str, Any]:
-    """ENGINE_DEFAULTS less those set from the audio length once the checkpoint is known."""
-    return {k: v for k, v in ENGINE_DEFAULTS.items() if k not in AUDIO_LENGTH_DEFAULTS}
-
-
 def _engine_defaults() -> dict[str, Any]:
-    return {**_parser_engine_defaults(), "served_model_name": DEFAULT_SERVED_MODEL_NAME}
+    return {**ENGINE_DEFAULTS, "served_model_name": DEFAULT_SERVED_MODEL_NAME}
 
 
 def _first_name(names: str | list[str] | None) -> str:
@@ -219,7 +209,7 @@ def build_parser() -> FlexibleArgumentParser:
     )
     _add_server_flags(parser)
     AsyncEngineArgs.add_cli_args(parser)
-    parser.set_defaults(**_parser_engine_defaults())
+    parser.set_defaults(**ENGINE_DEFAULTS)
     model = next(a for a in parser._actions if a.dest == "model")
     model.help = (
         "HF model id or local folder, in the HF layout or AF3's original llava layout "

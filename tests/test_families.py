@@ -18,7 +18,7 @@ from af3_model_executor.rotary_time import RotaryTimeEmbedding
 from af3_model_executor.testing.tiny_checkpoint import build_checkpoint
 from af3_model_executor.weight_names import official_name
 from af3_serve import cli
-from af3_serve.config import ENGINE_DEFAULTS, SettingsError, audio_length_defaults, parse_args
+from af3_serve.config import SettingsError, audio_length_defaults, parse_args
 from af3_serve.engine import build_vllm_config
 from af3_serve.model_files import resolve_model_files
 from tests.audio_files import audio_part
@@ -117,9 +117,11 @@ def test_limits_and_engine_defaults_follow_the_checkpoint(
 
 
 def test_af3_defaults_are_the_audio_length_defaults_of_ten_minutes() -> None:
-    defaults = audio_length_defaults(AudioSpec().max_audio_tokens, 32768)
-    assert {k: defaults[k] for k in ("max_model_len", "max_num_batched_tokens")} == {
-        k: ENGINE_DEFAULTS[k] for k in ("max_model_len", "max_num_batched_tokens")
+    """AF3's engine settings as they were before they followed the checkpoint."""
+    assert audio_length_defaults(AudioSpec().max_audio_tokens, 32768) == {
+        "max_model_len": 32768,
+        "max_num_batched_tokens": 16384,
+        "encoder_cache_tokens": 60000,
     }
 
 

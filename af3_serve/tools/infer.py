@@ -116,8 +116,8 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
     from vllm.platforms import current_platform
 
     from af3_model_executor.constants import DEFAULT_MODEL
-    from af3_serve.config import DEFAULT_CACHE_DIR, ENGINE_DEFAULTS
-    from af3_serve.engine import model_engine_args
+    from af3_serve.config import DEFAULT_CACHE_DIR
+    from af3_serve.engine import engine_defaults, model_engine_args
     from af3_serve.inputs.prompts import with_think_suffix
     from af3_serve.model_files import ModelFilesError, resolve_model_files
 
@@ -129,6 +129,8 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
         sys.exit(f"af3-infer: error: {exc}")
     if args.think and files.think is None:
         sys.exit(f"af3-infer: error: {files.model_dir} has no thinking adapter (think/)")
+    # The longest audio the checkpoint takes fits the context and prefills in one step.
+    defaults = engine_defaults(files)
     llm = LLM(
         files.model_dir,
         # Our model class (never vLLM's built-in AF3), with the thinking LoRA if asked for.
@@ -136,9 +138,8 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
         dtype=args.dtype or ("float32" if current_platform.is_cpu() else "auto"),
         # One answer: compiling graphs and capturing CUDA graphs costs more than it saves.
         enforce_eager=True,
-        max_model_len=args.max_model_len or ENGINE_DEFAULTS["max_model_len"],
-        # a 10-min clip in one step
-        max_num_batched_tokens=ENGINE_DEFAULTS["max_num_batched_tokens"],
+        max_model_len=args.max_model_len or defaults["max_model_len"],
+        max_num_batched_tokens=defaults["max_num_batched_tokens"],
         limit_mm_per_prompt={"audio": len(audios)},
         gpu_memory_utilization=args.gpu_memory_utilization,
         tensor_parallel_size=args.tensor_parallel_size,
