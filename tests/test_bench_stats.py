@@ -98,7 +98,8 @@ def test_goodput_counts_requests_within_every_given_slo() -> None:
 
 
 def test_ttft_by_audio_length_buckets() -> None:
-    assert [length_bucket(s) for s in (0.5, 30, 30.5, 60, 119, 300, 600, 601)] == [
+    seconds = (0.5, 30, 30.5, 60, 119, 300, 600, 601, 1200, 1800, 1801)
+    assert [length_bucket(s) for s in seconds] == [
         "0-30",
         "0-30",
         "30-60",
@@ -106,12 +107,16 @@ def test_ttft_by_audio_length_buckets() -> None:
         "60-120",
         "120-300",
         "300-600",
-        "600+",
+        "600-1200",
+        "600-1200",
+        "1200-1800",
+        "1800+",
     ]
     records = [done(45.0, 0.2, 1.0), done(10.0, 0.1, 1.0), done(31.0, 0.4, 1.0)]
     records += [done(700.0, 3.0, 5.0), done(20.0, None, 1.0), failed(500)]
     buckets = ttft_by_audio_length(records)
-    assert [(b["bucket"], b["count"]) for b in buckets] == [("0-30", 1), ("30-60", 2), ("600+", 1)]
+    expected = [("0-30", 1), ("30-60", 2), ("600-1200", 1)]
+    assert [(b["bucket"], b["count"]) for b in buckets] == expected
     assert buckets[1]["p50"] == pytest.approx(300.0)
     assert buckets[2]["mean"] == pytest.approx(3000.0)
 

@@ -11,8 +11,9 @@ import numpy as np
 from af3_bench.client import RequestRecord
 
 PERCENTILES = (50, 90, 99)
-# Audio-length buckets for TTFT, as (low, high] intervals in seconds, plus one above 600.
-LENGTH_EDGES = (0, 30, 60, 120, 300, 600)
+# Audio-length buckets for TTFT, as (low, high] intervals in seconds, plus one above the
+# last: up to AF3's 10 minutes, Music Flamingo's 20 and Audio Flamingo Next's 30.
+LENGTH_EDGES = (0, 30, 60, 120, 300, 600, 1200, 1800)
 LATENCIES = ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms")
 HIGHER_IS_BETTER = ("request_throughput", "rtfx", "output_tokens_per_s", "goodput")
 
