@@ -62,6 +62,10 @@ def browser():
 
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
+    from playwright.sync_api import expect
+
+    # The engine answers on a 2-core CPU shared with the test run: seconds, not milliseconds.
+    expect.set_options(timeout=60_000)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
