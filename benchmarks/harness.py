@@ -223,13 +223,16 @@ def run_af3_bench(*args: str) -> dict[str, Any]:
 # Checkpoints and model code ------------------------------------------------------------
 
 
-def bench_checkpoint(preset: str = "bench", folder: Path = CHECKPOINTS) -> Path:
-    """`folder/preset`: a random-weight AF3 checkpoint of that preset, built on first use."""
-    checkpoint = folder / preset
+def bench_checkpoint(
+    preset: str = "bench", folder: Path = CHECKPOINTS, family: str = "af3"
+) -> Path:
+    """`folder/preset` (other families: `folder/<family>-<preset>`): a random-weight
+    checkpoint of that family (`af3-tiny-checkpoint --family`) and preset, built on first use."""
+    checkpoint = folder / (preset if family == "af3" else f"{family}-{preset}")
     if not (checkpoint / "model.safetensors").exists():
         from af3_model_executor.testing.tiny_checkpoint import build_checkpoint
 
-        build_checkpoint(checkpoint, preset)
+        build_checkpoint(checkpoint, preset, family=family)
     return checkpoint
 
 

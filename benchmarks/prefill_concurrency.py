@@ -1,18 +1,25 @@
-"""Several 10-minute audios prefilled in the same engine steps, shown from vLLM's own stats.
+"""Several of the longest audios prefilled in the same engine steps, shown from vLLM's own stats.
 
-Starts af3-serve (bench checkpoint, CPU) with room for four 15,000-token prompts in one
-step (`--max-num-batched-tokens`) and four audios in its encoder cache, sends four
-distinct 600-s clips of real speech at once, and reads `vllm:iteration_tokens_total`
-(tokens per engine step) from /metrics.
+Starts af3-serve (bench checkpoint of `--family`, CPU), sends four distinct clips of real
+speech as long as the checkpoint allows (AF3 600 s, MusicFlamingo 1200 s, AF-Next 1800 s)
+at once, polls `vllm:num_requests_running` while they run (its peak is reported) and reads
+`vllm:iteration_tokens_total` (tokens per engine step) from /metrics. AF3 is served with
+room for four 15,000-token prompts in one step (`--max-num-batched-tokens`) and four
+audios in its encoder cache; the other families with no engine flags at all, so with the
+defaults af3-serve derives from the checkpoint (one longest prompt a step).
 
     python -m benchmarks.prefill_concurrency --out benchmarks/results/prefill_concurrency.json
+    python -m benchmarks.prefill_concurrency --family af-next \
+        --out benchmarks/results/prefill_concurrency_cpu_af-next.json
 """
 
 import argparse
 import asyncio
 import base64
+import json
 import os
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -25,7 +32,31 @@ def metric_lines(text: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(name)]
 
 
-async def send_all(url: str, clips: list[str]) -> None:
+def metric_total(text: str, name: str) -> float:
+    """The sum of an unlabelled-or-labelled gauge's samples (`name{...} value`)."""
+    return sum(float(line.split()[-1]) for line in metric_lines(text, name + "{"))
+
+
+async def poll_running(client: httpx.AsyncClient, url: str, seen: list[dict], done: asyncio.Event):
+    """Samples of running and waiting requests every 0.2 s until `done`."""
+    start = time.monotonic()
+    while not done.is_set():
+        text = (await client.get(f"{url}/metrics")).text
+        seen.append(
+            {
+                "t_s": round(time.monotonic() - start, 2),
+                "running": metric_total(text, "vllm:num_requests_running"),
+                "waiting": metric_total(text, "vllm:num_requests_waiting"),
+            }
+        )
+        try:
+            await asyncio.wait_for(done.wait(), 0.2)
+        except TimeoutError:
+            pass
+
+
+async def send_all(url: str, clips: list[str]) -> tuple[list[dict], list[dict]]:
+    """Each reply's usage and seconds, and the running/waiting samples taken meanwhile."""
     bodies = [
         {
             "model": MODEL,
@@ -42,44 +73,70 @@ async def send_all(url: str, clips: list[str]) -> None:
         }
         for clip in clips
     ]
-    async with httpx.AsyncClient(timeout=600) as client:
-        replies = await asyncio.gather(
-            *(client.post(f"{url}/v1/chat/completions", json=b) for b in bodies)
-        )
-    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    seen: list[dict] = []
+    done = asyncio.Event()
+    start = time.monotonic()
+
+    async def post(client: httpx.AsyncClient, body: dict) -> tuple[httpx.Response, float]:
+        reply = await client.post(f"{url}/v1/chat/completions", json=body)
+        return reply, time.monotonic() - start
+
+    async with httpx.AsyncClient(timeout=1800) as client:
+        poller = asyncio.create_task(poll_running(client, url, seen, done))
+        replies = await asyncio.gather(*(post(client, b) for b in bodies))
+        done.set()
+        await poller
+    assert all(r.status_code == 200 for r, _ in replies), [r.text for r, _ in replies]
+    usage = [{**r.json()["usage"], "seconds": round(s, 2)} for r, s in replies]
+    return usage, seen
+
+
+def load() -> str:
+    return Path("/proc/loadavg").read_text().strip()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--audios", type=int, default=4)
+    parser.add_argument("--family", choices=["af3", "musicflamingo", "af-next"], default="af3")
     args = parser.parse_args()
 
-    checkpoint = harness.bench_checkpoint("bench")
-    budget = args.audios * 15040  # prompt tokens of a 600-s clip with its chat template
+    checkpoint = harness.bench_checkpoint("bench", family=args.family)
+    processor = json.loads((checkpoint / "processor_config.json").read_text())
+    seconds = float(processor.get("max_audio_len", 600))  # the checkpoint's limit
+    if args.family == "af3":
+        budget = args.audios * 15040  # prompt tokens of a 600-s clip with its chat template
+        engine = ("--max-model-len", "32768", "--max-num-batched-tokens", str(budget))
+        engine += ("--encoder-cache-tokens", str(args.audios * 15000))
+    else:
+        budget, engine = None, ()  # af3-serve's defaults for the checkpoint's longest audio
     server = harness.launch_af3_serve(
         checkpoint,
         args.out.with_suffix(".log"),
         "--dtype",
         "float32",
         "--enforce-eager",
-        "--max-model-len",
-        "32768",
-        "--max-num-batched-tokens",
-        str(budget),
-        "--encoder-cache-tokens",
-        str(args.audios * 15000),
+        *engine,
         env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4"},
     )
     with server:
         server.wait_healthy()
         sample = harness.speech_sample()
         clips = [
-            base64.b64encode(harness.wav_bytes(harness.speech_clip(600.0, seed, sample))).decode()
+            base64.b64encode(harness.wav_bytes(harness.speech_clip(seconds, seed, sample))).decode()
             for seed in range(args.audios)
         ]
-        asyncio.run(send_all(server.url, clips))
+        load_before = load()
+        started = time.monotonic()
+        usage, seen = asyncio.run(send_all(server.url, clips))
+        wall = time.monotonic() - started
+        load_after = load()
         text = httpx.get(f"{server.url}/metrics").text
+    if budget is None:  # the engine's own, as its log prints it
+        found = re.search(r"max_num_batched_tokens=(\d+)", server.log_text())
+        budget = int(found.group(1)) if found else None
+    prompt_tokens = usage[0]["prompt_tokens"]
 
     buckets = {}
     for line in metric_lines(text, "vllm:iteration_tokens_total_bucket"):
@@ -95,16 +152,27 @@ def main() -> None:
     result = {
         "command": harness.command_line(),
         "server_command": server.command,
+        "family": args.family,
+        "checkpoint": str(checkpoint),
+        "machine": harness.machine(),
+        "load_average_before_after": [load_before, load_after],
         "audios": args.audios,
+        "audio_seconds_each": seconds,
         "max_num_batched_tokens": budget,
-        "prompt_tokens_each": 15040,
+        "prompt_tokens_each": prompt_tokens,
+        "wall_s": round(wall, 2),
+        "peak_num_requests_running": max(s["running"] for s in seen),
+        "peak_num_requests_waiting": max(s["waiting"] for s in seen),
+        "requests": usage,
         "engine_steps": steps,
         "prefill_steps": prefill_steps,
         "prefill_tokens": prefill_tokens,
-        "largest_step_tokens_at_least": largest_step_at_least,
-        "prompts_in_largest_step_at_least": -(-largest_step_at_least // 15040),
         "iteration_tokens_buckets": buckets,
+        "running_waiting_samples": seen,
     }
+    if args.family == "af3":
+        result["largest_step_tokens_at_least"] = largest_step_at_least
+        result["prompts_in_largest_step_at_least"] = -(-largest_step_at_least // 15040)
     harness.write_result(args.out, result)
 
 
