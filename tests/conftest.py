@@ -75,22 +75,28 @@ def make_clip(speech: np.ndarray, seconds: float) -> np.ndarray:
 @pytest.fixture(scope="session")
 def llm(tiny_checkpoint: Path) -> Iterator["object"]:
     """Our model in vLLM's offline engine, shared by every test of the session."""
+    engine = offline_engine(tiny_checkpoint, 32768)
+    yield engine
+    del engine
+
+
+def offline_engine(checkpoint: Path, context: int) -> "object":
+    """Our model (never vLLM's built-in) in vLLM's offline engine, greedy-exact in float32,
+    a whole prompt of `context` tokens prefilled in one step."""
     from vllm import LLM
 
     from af3_model_executor import HF_OVERRIDES
 
-    engine = LLM(
-        str(tiny_checkpoint),
+    return LLM(
+        str(checkpoint),
         hf_overrides=HF_OVERRIDES,
         dtype="float32",
-        max_model_len=32768,
-        max_num_batched_tokens=32768,
+        max_model_len=context,
+        max_num_batched_tokens=context,
         limit_mm_per_prompt={"audio": 8},
         enforce_eager=True,
         seed=0,
     )
-    yield engine
-    del engine
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from vllm import SamplingParams
 from af3_model_executor import ARCHITECTURE
 from af3_model_executor.constants import AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, SAMPLE_RATE
 from af3_model_executor.inspection import audio_embeddings, model_class_name
-from tests.conftest import make_clip
+from tests.conftest import make_clip, offline_engine
 from tests.oracles import HFReference, chat_prompt
 
 pytestmark = pytest.mark.engine
@@ -28,20 +28,7 @@ TOP_LOGPROBS = 5
 def next_llm(tiny_af_next: Path) -> Iterator["object"]:
     """Our model on the tiny AF-Next in vLLM's offline engine: a 30-min prompt (45,002 audio
     tokens) fits its context and prefills in one step."""
-    from vllm import LLM
-
-    from af3_model_executor import HF_OVERRIDES
-
-    engine = LLM(
-        str(tiny_af_next),
-        hf_overrides=HF_OVERRIDES,
-        dtype="float32",
-        max_model_len=65536,
-        max_num_batched_tokens=65536,
-        limit_mm_per_prompt={"audio": 8},
-        enforce_eager=True,
-        seed=0,
-    )
+    engine = offline_engine(tiny_af_next, 65536)
     yield engine
     del engine
 
