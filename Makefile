@@ -80,3 +80,10 @@ bench-encoder: install
 		--out benchmarks/results/encoder_cpu_tiny.json
 	$(PY) -m benchmarks.encoder_bench --presets real-encoder --repeats 1 \
 		--out benchmarks/results/encoder_cpu_real_encoder.json
+
+# The GPU proof run's carry set for the lent H200 (issue 14): vLLM and what the machine's
+# image lacks, as .tar.xz parts under .cache/gpu-carry (downloads ~370 MB; xz takes 15-30
+# minutes on 2 cores). Not part of `make test`. benchmarks/gpu/PLAN.md has the device calls.
+.PHONY: gpu-carry
+gpu-carry: install
+	$(PY) -m benchmarks.gpu.carry --out .cache/gpu-carry

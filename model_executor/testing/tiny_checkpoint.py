@@ -115,6 +115,10 @@ PRESETS = {
     "bench": Preset(2, 64, 2, 128, 1, 32, 1, 1, 64),
     # The real AF-Whisper encoder shape (Whisper-large-v3), tiny decoder: encoder benchmarks.
     "real-encoder": Preset(32, 1280, 20, 5120, 1, 64, 1, 1, 128, init_range=0.02),
+    # Full AF3 size (AF-Whisper encoder, Qwen2.5-7B decoder). benchmarks/gpu/checkpoint.py
+    # writes it on a GPU machine: vocabulary padded to Qwen2.5's 151,936, 8.3B parameters,
+    # 15.4 GiB in bf16, streamed; build_checkpoint would hold it in float32 twice over.
+    "real": Preset(32, 1280, 20, 5120, 28, 3584, 28, 4, 18944, init_range=0.02),
 }
 
 
