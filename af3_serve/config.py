@@ -18,9 +18,9 @@ from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from af3_model_executor.constants import (
     DEFAULT_MODEL,
-    DEFAULT_SERVED_MODEL_NAME,
     MAX_AUDIOS_PER_PROMPT,
     THINK_MODEL_SUFFIX,
+    served_name,
 )
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "af3-serve"
@@ -31,7 +31,6 @@ API_KEY_ENV = "AF3_API_KEY"
 # longest audio the checkpoint and --max-audio-seconds allow (`audio_length_defaults`).
 ENGINE_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL,
-    "served_model_name": [DEFAULT_SERVED_MODEL_NAME],
     "max_num_seqs": 64,
     "seed": 0,
     # AF3-Chat sends the same long audio again every turn: the cached prefix (audio
@@ -135,9 +134,7 @@ class ServerConfig(ServerSettings):
     engine's arguments (the model as given; `engine.py` points it at the prepared files)."""
 
     api_keys: frozenset[str] = frozenset()
-    engine_args: AsyncEngineArgs = field(
-        default_factory=lambda: AsyncEngineArgs(**_engine_defaults())
-    )
+    engine_args: AsyncEngineArgs = field(default_factory=lambda: AsyncEngineArgs(**ENGINE_DEFAULTS))
 
     @property
     def model(self) -> str:
@@ -145,7 +142,10 @@ class ServerConfig(ServerSettings):
 
     @property
     def served_model_name(self) -> str:
-        return _first_name(self.engine_args.served_model_name)
+        names = self.engine_args.served_model_name
+        if isinstance(names, list):
+            names = names[0]
+        return names or served_name(self.model)
 
     @property
     def allowed_media_domains(self) -> frozenset[str]:
@@ -176,16 +176,6 @@ class ServerConfig(ServerSettings):
         return self.max_audio_seconds
 
 
-def _engine_defaults() -> dict[str, Any]:
-    return {**ENGINE_DEFAULTS, "served_model_name": DEFAULT_SERVED_MODEL_NAME}
-
-
-def _first_name(names: str | list[str] | None) -> str:
-    if isinstance(names, list):
-        return names[0]
-    return names or DEFAULT_SERVED_MODEL_NAME
-
-
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("af3-serve", "The server's own settings.")
     kwargs = get_kwargs(ServerSettings)
@@ -214,6 +204,12 @@ def build_parser() -> FlexibleArgumentParser:
     model.help = (
         "HF model id or local folder, in the HF layout or AF3's original llava layout "
         "(converted once into --cache-dir)."
+    )
+    served = next(a for a in parser._actions if a.dest == "served_model_name")
+    served.help = (
+        "The model's name in the API; default: --model's hub or folder name without the "
+        "'-hf' of transformers' ports (nvidia/audio-flamingo-3-hf is audio-flamingo-3). "
+        "Requests may also name --model itself."
     )
     return parser
 

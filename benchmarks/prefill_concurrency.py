@@ -114,6 +114,8 @@ def main() -> None:
     server = harness.launch_af3_serve(
         checkpoint,
         args.out.with_suffix(".log"),
+        "--served-model-name",
+        MODEL,
         "--dtype",
         "float32",
         "--enforce-eager",

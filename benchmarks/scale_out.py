@@ -240,7 +240,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = harness.bench_checkpoint(args.preset)
     replicas = [
-        harness.launch_af3_serve(checkpoint, out / f"replica-{i}.log", *harness.ENGINE, env=_env())
+        harness.launch_af3_serve(
+            checkpoint,
+            out / f"replica-{i}.log",
+            "--served-model-name",
+            harness.MODEL,
+            *harness.ENGINE,
+            env=_env(),
+        )
         for i in range(args.replicas)
     ]
     try:

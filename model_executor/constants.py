@@ -4,9 +4,26 @@ Checkpoint files can override the audio front end (`AudioSpec.from_pretrained` r
 processor config); these are AF3's values and the defaults where a file says nothing.
 """
 
-# The checkpoint served when `--model` is not given, and the name clients ask for.
+from pathlib import Path
+
+
+def served_name(model: str) -> str:
+    """The name a checkpoint is served under without --served-model-name: its hub or folder
+    name without the `-hf` of transformers' ports (`nvidia/audio-flamingo-next-hf` is
+    `audio-flamingo-next`; a hub cache snapshot, `models--nvidia--x-hf/snapshots/<sha>`, is
+    `x`); the --model value itself is accepted too."""
+    path = Path(model)
+    if path.exists():
+        path = path.resolve()  # ".", "..", links: the folder's own name
+    if len(path.parts) > 2 and path.parts[-2] == "snapshots":
+        path = Path(path.parts[-3].split("--")[-1])
+    name = path.name or model
+    return name.removesuffix("-hf") or name
+
+
+# The checkpoint served when `--model` is not given, and the name it is served under.
 DEFAULT_MODEL = "nvidia/audio-flamingo-3-hf"
-DEFAULT_SERVED_MODEL_NAME = "audio-flamingo-3"
+DEFAULT_SERVED_MODEL_NAME = served_name(DEFAULT_MODEL)  # audio-flamingo-3
 THINK_MODEL_SUFFIX = "-think"
 
 # The placeholder one audio occupies in a prompt before it is expanded into audio tokens.

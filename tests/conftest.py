@@ -3,12 +3,13 @@
 import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 import pytest_asyncio
 
+from af3_model_executor.constants import DEFAULT_MODEL
 from benchmarks import harness
 
 # vLLM on CPU: a small KV cache is plenty for the tiny model.
@@ -25,7 +26,8 @@ def tiny_checkpoint() -> Path:
     """The tiny AF3 with its thinking adapter in think/, as the HF port ships it."""
     from af3_model_executor.testing.tiny_checkpoint import build_checkpoint
 
-    path = CACHE / "tiny-af3-think"
+    # Named as the hub's, so that it is served under the default name, audio-flamingo-3.
+    path = CACHE / PurePosixPath(DEFAULT_MODEL).name
     if not (path / "AF3_TINY_CHECKPOINT.json").exists():
         build_checkpoint(path, "tiny", think=True)
     return path
@@ -35,13 +37,13 @@ def tiny_checkpoint() -> Path:
 def tiny_music_flamingo() -> Path:
     """The tiny MusicFlamingo as music-flamingo-2601-hf (1200 s), its weights as
     transformers' save_pretrained writes them (`language_model.model.model.*`)."""
-    return _tiny("tiny-music-flamingo", family="musicflamingo", layout="transformers")
+    return _tiny("music-flamingo-2601-hf", family="musicflamingo", layout="transformers")
 
 
 @pytest.fixture(scope="session")
 def tiny_af_next() -> Path:
     """The tiny MusicFlamingo as audio-flamingo-next-hf (1800 s), in the hub's layout."""
-    return _tiny("tiny-af-next", family="af-next")
+    return _tiny("audio-flamingo-next-hf", family="af-next")
 
 
 def _tiny(name: str, **kwargs) -> Path:

@@ -9,9 +9,9 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
+from af3_model_executor.constants import DEFAULT_SERVED_MODEL_NAME
 from tests.server import API_KEY
 
-MODEL = "audio-flamingo-3"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The installed console script, next to this interpreter: the packaging is tested too.
 AF3_BENCH = Path(sys.executable).with_name("af3-bench")
@@ -31,9 +31,7 @@ SUMMARY_KEYS = {
 
 def run_bench(out_dir: Path, *args: str) -> tuple[dict, str]:
     command = [
-        str(AF3_BENCH),
-        "--model",
-        MODEL,
+        str(AF3_BENCH),  # no --model: each endpoint's own, from its /v1/models
         "--api-key",
         API_KEY,
         "--out-dir",
@@ -99,6 +97,8 @@ def test_sweep_with_compare(server, tmp_path: Path) -> None:
     assert summary["args"]["sweep"] == [1, 2] and summary["args"]["request_rate"] == "inf"
     assert {"platform", "cpu_count", "timestamp"} <= set(summary["machine"])
     assert summary["workload"]["num_requests"] == 4 and summary["workload"]["unique_audio"]
+    # Without --model, each endpoint's own name (the tiny AF3 is served as the hub's AF3).
+    assert {e["model"] for e in summary["endpoints"].values()} == {DEFAULT_SERVED_MODEL_NAME}
     assert summary["primary"] is None and summary["comparison"] is None  # a sweep: see steps
     assert set(summary["saturation"]) == {"primary", "compare"}
     assert all(c in (1, None) for c in summary["saturation"].values())

@@ -40,7 +40,9 @@ from af3_model_executor.testing.original_layout_writer import write_original_lay
 
 @pytest.fixture(scope="module")
 def original(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_original_layout(tiny_checkpoint, tmp_path_factory.mktemp("original") / "af3")
+    # Named as NVIDIA's original release (nvidia/audio-flamingo-3): served as audio-flamingo-3.
+    folder = tmp_path_factory.mktemp("original") / "audio-flamingo-3"
+    return write_original_layout(tiny_checkpoint, folder)
 
 
 @pytest.fixture(scope="module")

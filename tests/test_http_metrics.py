@@ -1,9 +1,13 @@
 """af3_* metrics as the dashboard and alerts read them, in-process on the fake engine."""
 
 import re
-import time
+from types import SimpleNamespace
 
+import pytest
+
+from af3_serve import serving
 from af3_serve.metrics import DISCONNECT_ENDPOINTS, REJECT_REASONS
+from tests.fake_engine import StepClock
 from tests.in_process import in_process_server
 from tests.test_http_edge import chat_body
 
@@ -23,23 +27,25 @@ async def test_labelled_counters_exist_at_zero_before_any_event(http) -> None:
 
 
 async def test_time_to_first_token_of_a_whole_answer_is_its_first_token(
-    tiny_checkpoint, tmp_path, speech
+    tiny_checkpoint, tmp_path, speech, monkeypatch
 ) -> None:
     """A non-streamed answer arrives once, at its end; the histogram must still get the time
-    to its first token (it used to record the whole latency)."""
-    step_s, tokens = 0.05, 40
+    to its first token (it used to record the whole latency). One clock, moved only by the
+    fake engine's steps, serves the server and the engine: the first token comes one step
+    after arrival, the answer `tokens` steps after."""
+    step_s, tokens = 0.25, 40
+    clock = StepClock()
+    monkeypatch.setattr(serving, "time", SimpleNamespace(time=clock))
     async with in_process_server(tiny_checkpoint, tmp_path, step_s=step_s) as app:
+        app.engine.clock = clock
         before = (await app.client.get("/metrics")).text
-        start = time.perf_counter()
         response = await app.client.post(
             "/v1/chat/completions", json=chat_body(speech, max_tokens=tokens)
         )
-        latency = time.perf_counter() - start
         after = (await app.client.get("/metrics")).text
     assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == tokens
     name = "af3_time_to_first_token_seconds"
     assert sample(after, name + "_count") - sample(before, name + "_count") == 1
     ttft = sample(after, name + "_sum") - sample(before, name + "_sum")
-    # The fake engine spends step_s per token: the first token comes after one step, the
-    # answer after `tokens` steps.
-    assert 0 < ttft < latency - (tokens - 2) * step_s
+    assert ttft == pytest.approx(step_s, rel=1e-9)  # the whole answer took 40 steps

@@ -1,6 +1,7 @@
 """A real af3-serve process on the tiny Music Flamingo 2601 checkpoint (MusicFlamingo, 1200 s,
 its weights as transformers' save_pretrained writes them), driven by the `openai` client:
-the answer equals transformers' greedy one, and the checkpoint's limit is the server's."""
+served under its own name, the chat answer and the transcript equal transformers' greedy
+ones, and the checkpoint's limit is the server's."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,21 +9,26 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.audio_files import as_sent, audio_part
+from af3_serve.speech.serving import MAX_TOKENS_PER_WINDOW
+from af3_serve.speech.transcripts import clean
+from tests.audio_files import as_sent, audio_part, encode
 from tests.conftest import make_clip
 from tests.oracles import HFReference, chat_prompt
 from tests.server import API_KEY, start_server
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
-MODEL = "music-flamingo"
+# The default name: the tiny checkpoint's folder is music-flamingo-2601-hf, as the hub's.
+MODEL = "music-flamingo-2601"
 QUESTION = "Describe the music in detail."
+# What af3-serve asks each 30-s window for (af3_serve/speech/serving.py).
+TRANSCRIBE = "Transcribe the input speech."
 
 
 @pytest.fixture(scope="module")
 def mf_client(tiny_music_flamingo: Path, tmp_path_factory) -> Iterator[openai.OpenAI]:
     log = tmp_path_factory.mktemp("music-flamingo") / "af3-serve.log"
-    server = start_server(tiny_music_flamingo, log, "--served-model-name", MODEL)
+    server = start_server(tiny_music_flamingo, log)
     yield openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
     server.stop()
 
@@ -62,3 +68,31 @@ def test_the_checkpoints_limit_is_the_servers(mf_client, speech) -> None:
     error = refused.value.body
     assert refused.value.status_code == 413 and error["code"] == "audio_too_long"
     assert "at most 1200 s" in error["message"] and MODEL in error["message"]
+
+
+def test_transcription_is_the_families_answer(mf_client, tiny_music_flamingo, speech) -> None:
+    """The speech endpoints serve this family too: one window, the server's instruction in
+    the checkpoint's chat template (audio between <|sound_bos|> and <|sound_eos|>). Its first
+    tokens are transformers' greedy ones; the whole transcript is the chat endpoint's greedy
+    answer to the same instruction (the same engine), cleaned as AF3's."""
+    clip = make_clip(speech, 20.0)
+    result = mf_client.audio.transcriptions.create(
+        model=MODEL, file=("talk.wav", encode(clip)), response_format="verbose_json"
+    )
+    (segment,) = result.segments
+    hf = HFReference(tiny_music_flamingo)
+    prompt = chat_prompt(tiny_music_flamingo, TRANSCRIBE)
+    assert segment.tokens[:12] == hf.generate(prompt, as_sent(clip), 12)
+    assert result.usage.model_extra["input_tokens"] == len(
+        hf.prompt_token_ids(prompt, as_sent(clip))
+    )
+    chat = mf_client.chat.completions.create(
+        model=MODEL,
+        messages=[
+            {"role": "user", "content": [audio_part(clip), {"type": "text", "text": TRANSCRIBE}]}
+        ],
+        max_tokens=MAX_TOKENS_PER_WINDOW,
+        temperature=0,
+    )
+    assert chat.usage.completion_tokens == len(segment.tokens)
+    assert result.text == segment.text == clean(chat.choices[0].message.content)

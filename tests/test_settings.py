@@ -133,3 +133,28 @@ def test_help_groups_our_flags_and_the_engines() -> None:
         "--enable-chunked-prefill",
     ):
         assert flag in engine, flag
+
+
+@pytest.mark.parametrize(
+    ("model", "name"),
+    [
+        ("nvidia/audio-flamingo-3-hf", "audio-flamingo-3"),
+        ("nvidia/music-flamingo-2601-hf", "music-flamingo-2601"),
+        ("nvidia/audio-flamingo-next-think-hf", "audio-flamingo-next-think"),
+        ("/models/af3-chat/", "af3-chat"),  # a local folder, as typed
+        ("/hub/models--nvidia--audio-flamingo-next-hf/snapshots/0a1b2c", "audio-flamingo-next"),
+        ("hf", "hf"),
+    ],
+)
+def test_a_checkpoint_is_served_under_its_own_name(model: str, name: str) -> None:
+    """Without --served-model-name, /v1/models names the checkpoint (not always AF3)."""
+    assert parse_args(["--model", model]).served_model_name == name
+    named = parse_args(["--model", model, "--served-model-name", "mine"])
+    assert (named.served_model_name, named.think_name) == ("mine", "mine-think")
+
+
+def test_a_relative_folder_is_served_under_its_own_name(tmp_path: Path, monkeypatch) -> None:
+    folder = tmp_path / "music-flamingo-hf"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    assert parse_args(["--model", "."]).served_model_name == "music-flamingo"

@@ -6,6 +6,8 @@ import os
 import uuid
 from pathlib import Path
 
+import httpx
+
 # The header that names a conversation for a session-affinity load balancer (vLLM's router
 # with policy sticky_least_loaded or consistent_hash): every turn of one conversation
 # carries the same value, so its later turns reach the replica that has its audio cached.
@@ -27,6 +29,25 @@ def audio_part(path: Path) -> dict:
 def base_url(url: str) -> str:
     url = url.rstrip("/")
     return url if url.endswith("/v1") else f"{url}/v1"
+
+
+def served_model(url: str, key: str | None) -> str:
+    """The base model a server answers to (the first of its /v1/models), for clients not
+    given --model: af3-serve names it after its checkpoint, vLLM after --model."""
+    models = f"{base_url(url)}/models"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(models, headers=headers, timeout=30.0)
+    except httpx.HTTPError as exc:
+        raise RuntimeError(f"cannot read the served model from {models}: {exc}") from exc
+    try:
+        response.raise_for_status()
+        return str(response.json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, LookupError, TypeError) as exc:
+        raise RuntimeError(
+            f"cannot read the served model from {models} (HTTP {response.status_code}): "
+            f"{response.text[:300]}"
+        ) from exc
 
 
 def add_api_key_arg(p: argparse.ArgumentParser) -> None:

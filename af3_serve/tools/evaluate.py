@@ -18,7 +18,7 @@ import openai
 import soundfile as sf
 from tqdm import tqdm
 
-from af3_model_executor.constants import AUDIO_TOKEN, DEFAULT_SERVED_MODEL_NAME
+from af3_model_executor.constants import AUDIO_TOKEN
 from af3_serve.tools.common import (
     add_api_key_arg,
     add_sampling_args,
@@ -26,6 +26,7 @@ from af3_serve.tools.common import (
     audio_part,
     base_url,
     sampling_body,
+    served_model,
     session_headers,
     thinking_body,
 )
@@ -167,7 +168,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("dataset", type=Path, help="JSON list of {id, sound, conversations}")
     p.add_argument("--url", required=True, help="the af3-serve, e.g. http://host:8000")
     add_api_key_arg(p)
-    p.add_argument("--model", default=DEFAULT_SERVED_MODEL_NAME, help="served model name")
+    p.add_argument("--model", default=None, help="served model name (default: the server's)")
     p.add_argument(
         "--predictions",
         type=Path,
@@ -190,6 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     items = load_dataset(args.dataset)
     done = {p["id"] for p in load_predictions(args.predictions)}
     pending = [item for item in items if item.id not in done]
+    if args.model is None:
+        try:
+            args.model = served_model(args.url, api_key(args.api_key))
+        except RuntimeError as exc:
+            sys.exit(f"af3-eval: {exc}")
     with tqdm(total=len(items), initial=len(items) - len(pending), unit="q") as progress:
         try:
             throughput = asyncio.run(run(pending[: args.limit], args, args.predictions, progress))

@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from af3_model_executor.constants import DEFAULT_SERVED_MODEL_NAME, SAMPLE_RATE
+from af3_model_executor.constants import SAMPLE_RATE
 from af3_serve.tools.common import (
     add_api_key_arg,
     add_sampling_args,
@@ -20,6 +20,7 @@ from af3_serve.tools.common import (
     audio_part,
     base_url,
     sampling_body,
+    served_model,
     session_headers,
     thinking_body,
 )
@@ -48,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model",
         default=None,
         help="checkpoint (HF id or path) in-process, default nvidia/audio-flamingo-3-hf; "
-        f"with --url the served model name, default {DEFAULT_SERVED_MODEL_NAME}",
+        "with --url the served model name, default the server's (its /v1/models)",
     )
     p.add_argument("--text", required=True, help="the question")
     p.add_argument("--audio", nargs="+", type=Path, required=True, metavar="FILE")
@@ -71,10 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def ask_server(args: argparse.Namespace, text: str, echo: bool) -> Answer:
     import openai
 
-    client = openai.OpenAI(base_url=base_url(args.url), api_key=api_key(args.api_key))
+    key = api_key(args.api_key)
+    client = openai.OpenAI(base_url=base_url(args.url), api_key=key)
+    try:
+        model = args.model or served_model(args.url, key)
+    except RuntimeError as exc:
+        sys.exit(f"af3-infer: error: {exc}")
     content = [*(audio_part(path) for path in args.audio), {"type": "text", "text": text}]
     stream = client.chat.completions.create(
-        model=args.model or DEFAULT_SERVED_MODEL_NAME,
+        model=model,
         messages=[{"role": "user", "content": content}],
         stream=True,
         stream_options={"include_usage": True},

@@ -21,7 +21,7 @@ from af3_bench.load_shapes import arrival_offsets
 from af3_bench.runner import Endpoint, run_pass, warm_up
 from af3_bench.stats import ratios, saturation_point, summarize
 from af3_bench.workload import FORMATS, KINDS, AudioSource, Workload, draw_lengths, questions
-from af3_model_executor.constants import DEFAULT_SERVED_MODEL_NAME
+from af3_serve.tools.common import served_model
 
 SECRET_FLAGS = ("--api-key", "--compare-api-key")
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument(
         "--url", required=True, help="http://host:port (POSTs /v1/chat/completions)"
     )
-    target.add_argument("--model", default=DEFAULT_SERVED_MODEL_NAME, help="default: %(default)s")
+    target.add_argument("--model", help="default: the server's (the first of its /v1/models)")
     target.add_argument("--api-key", help="sent as a Bearer token")
     target.add_argument(
         "--metrics-url",
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "for --url behind a load balancer; default: URL/metrics)",
     )
     target.add_argument("--compare", metavar="URL2", help="a second endpoint, run in turn")
-    target.add_argument("--compare-model", help="default: --model")
+    target.add_argument("--compare-model", help="default: URL2's (the first of its /v1/models)")
     target.add_argument("--compare-api-key", help="default: --api-key")
 
     work = p.add_argument_group("workload")
@@ -176,9 +176,11 @@ def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
-    endpoints = [Endpoint("primary", args.url, args.model, args.api_key, tuple(args.metrics_url))]
+    model = args.model or served_model(args.url, args.api_key)
+    endpoints = [Endpoint("primary", args.url, model, args.api_key, tuple(args.metrics_url))]
     if args.compare:
-        model, key = args.compare_model or args.model, args.compare_api_key or args.api_key
+        key = args.compare_api_key or args.api_key
+        model = args.compare_model or served_model(args.compare, key)
         endpoints.append(Endpoint("compare", args.compare, model, key))
     return endpoints
 
@@ -275,10 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     _check(parser, args)
     if args.audio_mix is None and args.audio_seconds is None:
         args.audio_seconds = 30.0
+    try:
+        endpoints = _endpoints(args)
+    except RuntimeError as exc:
+        sys.exit(f"af3-bench: {exc}")
     started = datetime.datetime.now(datetime.timezone.utc)
     out_dir = args.out_dir or Path(f"af3-bench-{started:%Y%m%d-%H%M%S}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    endpoints = _endpoints(args)
 
     # Everything CPU-heavy happens here, before any clock starts. One workload serves both
     # endpoints: the same clips, and signatures unique across every pass of the run.
