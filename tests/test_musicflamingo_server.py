@@ -1,8 +1,10 @@
 """A real af3-serve process on the tiny Music Flamingo 2601 checkpoint (MusicFlamingo, 1200 s,
 its weights as transformers' save_pretrained writes them), driven by the `openai` client:
 served under its own name, the chat answer and the transcript equal transformers' greedy
-ones, and the checkpoint's limit is the server's."""
+ones, af3-infer answers alike in-process and through it, and the checkpoint's limit is the
+server's."""
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from af3_serve.speech.transcripts import clean
 from tests.audio_files import as_sent, audio_part, encode
 from tests.conftest import make_clip
 from tests.oracles import HFReference, chat_prompt
-from tests.server import API_KEY, start_server
+from tests.server import API_KEY, Server, start_server
+from tests.test_infer import infer, remote
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -26,11 +29,16 @@ TRANSCRIBE = "Transcribe the input speech."
 
 
 @pytest.fixture(scope="module")
-def mf_client(tiny_music_flamingo: Path, tmp_path_factory) -> Iterator[openai.OpenAI]:
+def mf_server(tiny_music_flamingo: Path, tmp_path_factory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("music-flamingo") / "af3-serve.log"
     server = start_server(tiny_music_flamingo, log)
-    yield openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0)
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def mf_client(mf_server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{mf_server.url}/v1", api_key=API_KEY, max_retries=0)
 
 
 def test_chat_completion_equals_transformers(mf_client, tiny_music_flamingo, speech) -> None:
@@ -96,3 +104,16 @@ def test_transcription_is_the_families_answer(mf_client, tiny_music_flamingo, sp
     )
     assert chat.usage.completion_tokens == len(segment.tokens)
     assert result.text == segment.text == clean(chat.choices[0].message.content)
+
+
+def test_af3_infer_in_process_equals_the_server(mf_server, tiny_music_flamingo, espeak_wav) -> None:
+    """af3-infer on this family: in-process (our model in vLLM's offline engine) and against
+    the server, whose model name it reads from /v1/models: the same greedy answer."""
+    common = ["--audio", str(espeak_wav), "--max-tokens", "6", "--json"]
+    local = infer("--model", str(tiny_music_flamingo), *common, timeout=300)
+    assert local.returncode == 0, local.stderr[-3000:]
+    served = remote(mf_server, *common)
+    assert served.returncode == 0, served.stderr[-3000:]
+    out = json.loads(local.stdout)
+    assert out == json.loads(served.stdout)
+    assert out["usage"]["completion_tokens"] == 6 and out["usage"]["audio_tokens"] > 0
