@@ -21,15 +21,29 @@ from vllm.v1.metrics.stats import RequestStateStats
 ANSWER = " The quick brown fox jumps over the lazy dog."
 
 
-class StepClock:
-    """A wall clock that moves only as the fake engine steps (`step_s` a token), for
+class WallClock:
+    """The engine's timestamps and its wait per token: real time."""
+
+    def time(self) -> float:
+        return time.time()
+
+    async def step(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class StepClock(WallClock):
+    """Time that moves only as the fake engine steps (`step_s` a token, no real wait), for
     timings that are exact rather than measured."""
 
     def __init__(self, now: float = 1_000_000.0) -> None:
         self.now = now
 
-    def __call__(self) -> float:
+    def time(self) -> float:
         return self.now
+
+    async def step(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
 
 
 class FakeEngine:
@@ -50,8 +64,7 @@ class FakeEngine:
         # up to max_tokens.
         self.answer_for: Callable[[str], str] | None = None
         self.paused = False  # while true, generation waits before each token
-        # The engine's timestamps; a StepClock advances by step_s with every token.
-        self.clock: Callable[[], float] = time.time
+        self.clock: WallClock = WallClock()  # a StepClock makes timings exact
         self._errored = False
 
     @property
@@ -99,21 +112,17 @@ class FakeEngine:
             own = self.tokenizer.encode(self.answer_for(request_id), add_special_tokens=False)
             ids, stop = own[: params.max_tokens], len(own) < params.max_tokens
         # The engine's own timestamps, as vLLM's output processor keeps them.
-        stats = RequestStateStats(arrival_time=self.clock())
+        stats = RequestStateStats(arrival_time=self.clock.time())
         done = False
         try:
             for step in range(1, len(ids) + 1):
-                if isinstance(self.clock, StepClock):
-                    self.clock.now += self.step_s  # virtual time: no real wait
-                    await asyncio.sleep(0)
-                else:
-                    await asyncio.sleep(self.step_s)
+                await self.clock.step(self.step_s)
                 while self.paused and not self._errored:
                     await asyncio.sleep(0.005)
                 if self._errored:
                     raise self.dead_error
                 if step == 1:
-                    stats.first_token_latency = self.clock() - stats.arrival_time
+                    stats.first_token_latency = self.clock.time() - stats.arrival_time
                 last = step == len(ids)
                 if delta or last:
                     new = ids[step - 1 : step] if delta else ids[:step]

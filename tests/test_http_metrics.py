@@ -35,7 +35,7 @@ async def test_time_to_first_token_of_a_whole_answer_is_its_first_token(
     after arrival, the answer `tokens` steps after."""
     step_s, tokens = 0.25, 40
     clock = StepClock()
-    monkeypatch.setattr(serving, "time", SimpleNamespace(time=clock))
+    monkeypatch.setattr(serving, "time", SimpleNamespace(time=clock.time))
     async with in_process_server(tiny_checkpoint, tmp_path, step_s=step_s) as app:
         app.engine.clock = clock
         before = (await app.client.get("/metrics")).text

@@ -38,16 +38,13 @@ def served_model(url: str, key: str | None) -> str:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.get(models, headers=headers, timeout=30.0)
-    except httpx.HTTPError as exc:
-        raise RuntimeError(f"cannot read the served model from {models}: {exc}") from exc
-    try:
         response.raise_for_status()
         return str(response.json()["data"][0]["id"])
+    except httpx.HTTPStatusError as exc:  # the server's own message, e.g. a wrong key
+        why = f"HTTP {exc.response.status_code}: {exc.response.text[:300]}"
     except (httpx.HTTPError, ValueError, LookupError, TypeError) as exc:
-        raise RuntimeError(
-            f"cannot read the served model from {models} (HTTP {response.status_code}): "
-            f"{response.text[:300]}"
-        ) from exc
+        why = str(exc)
+    raise RuntimeError(f"cannot read the served model from {models}: {why}")
 
 
 def add_api_key_arg(p: argparse.ArgumentParser) -> None:

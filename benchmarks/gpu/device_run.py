@@ -1174,28 +1174,25 @@ def estimate(step: str) -> float:
     return ESTIMATES.get(kind, ESTIMATES.get(step, 60))
 
 
+# The steps that need only the context; the others are "<server>.<action>".
+PLAIN_STEPS = {
+    "stash": step_stash,
+    "install": step_install,
+    "own": step_own,
+    "env": step_env,
+    "checkpoint": step_checkpoint,
+    "embeddings": step_embeddings,
+    "report": step_report,
+}
+SERVER_STEPS = {"start": step_start, "correctness": step_correctness, "stop": step_stop}
+
+
 def execute(ctx: Context, state: dict, step: str) -> dict:
-    if step == "stash":
-        return step_stash(ctx)
-    if step == "install":
-        return step_install(ctx)
-    if step == "own":
-        return step_own(ctx)
-    if step == "env":
-        return step_env(ctx)
-    if step == "checkpoint":
-        return step_checkpoint(ctx)
-    if step == "embeddings":
-        return step_embeddings(ctx)
-    if step == "report":
-        return step_report(ctx)
+    if step in PLAIN_STEPS:
+        return PLAIN_STEPS[step](ctx)
     server, action = step.split(".", 1)
-    if action == "start":
-        return step_start(ctx, state, server)
-    if action == "correctness":
-        return step_correctness(ctx, state, server)
-    if action == "stop":
-        return step_stop(ctx, state, server)
+    if action in SERVER_STEPS:
+        return SERVER_STEPS[action](ctx, state, server)
     return step_bench(ctx, state, server, action.split(".", 1)[1])
 
 
