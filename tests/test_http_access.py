@@ -5,7 +5,6 @@ the logs."""
 import asyncio
 import logging
 import re
-import time
 
 from tests.audio_files import b64
 from tests.http_helpers import (
@@ -83,6 +82,8 @@ async def test_request_ids_are_kept_or_made(api, speech, caplog) -> None:
 
 
 async def test_a_slow_body_is_cut_off(tiny_checkpoint, tmp_path) -> None:
+    """The body's second piece comes 30 s after its first; with a 0.5-s read deadline the
+    server answers 408 having read only the first (no clock needed: what was sent says it)."""
     sent: list[bytes] = []
 
     async def slow_body():
@@ -93,16 +94,13 @@ async def test_a_slow_body_is_cut_off(tiny_checkpoint, tmp_path) -> None:
 
     async with serve(tiny_checkpoint, tmp_path, "--request-read-timeout-s", "0.5") as app:
         before = await metrics_page(app.client)
-        start = time.monotonic()
         response = await app.client.post(
             CHAT, content=slow_body(), headers={"content-type": "application/json"}
         )
-        elapsed = time.monotonic() - start
         after = await metrics_page(app.client)
         health = await app.client.get("/health")
     error = assert_error(response, 408, code="request_timeout")
     assert error["type"] == "request_timeout" and "0.5 s" in error["message"]
-    assert 0.5 <= elapsed < 10
     assert sent == [b'{"mo']  # cut off while the client still had the rest to send
     assert health.status_code == 200
     timeouts = 'af3_requests_rejected_total{reason="body_read_timeout"}'
