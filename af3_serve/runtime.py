@@ -40,7 +40,13 @@ class Runtime:
             config.max_queued_audio_seconds,
         )
         self.inputs = InputPreparer(
-            config, engine, files.model_dir, files.think, self.admission, max_audio_seconds
+            config,
+            engine,
+            files.model_dir,
+            files.think,
+            self.admission,
+            files.audio,
+            max_audio_seconds,
         )
         parallel = engine.vllm_config.parallel_config
         self.dp_ranks = (

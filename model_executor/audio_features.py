@@ -72,32 +72,63 @@ class AudioSpec:
         return 2 * self.hop_length + 1
 
     def window_frame_counts(self, num_samples: int) -> list[int]:
-        """Valid mel frames of each 30-s window of a clip (the feature mask's sums)."""
-        num_windows = max(1, math.ceil(num_samples / self.window_samples))
+        """Valid mel frames of each 30-s window the encoder runs (the feature mask's sums).
+
+        A last window that yields no audio token (under 3 mel frames: 30 s + 1..320
+        samples) is left out: transformers' processor counts no placeholder for it and its
+        model keeps nothing of it, so it gets no encoder work here either."""
         counts = []
-        for i in range(num_windows):
-            samples = min(self.window_samples, num_samples - i * self.window_samples)
-            counts.append(math.ceil(samples / self.hop_length))
+        for start in range(0, max(num_samples, 1), self.window_samples):
+            frames = math.ceil(min(self.window_samples, num_samples - start) / self.hop_length)
+            if tokens_after_pooling(frames) > 0:
+                counts.append(frames)
         return counts
 
+    def encoded_samples(self, num_samples: int) -> int:
+        """How many of a clip's samples its token-bearing windows hold (the rest, at most
+        320 samples past a 30-s boundary, yield no token)."""
+        return min(num_samples, len(self.window_frame_counts(num_samples)) * self.window_samples)
+
+    def window_token_counts(self, num_samples: int) -> list[int]:
+        """Audio tokens of each window the encoder runs: the encoder's own output sizes."""
+        return [tokens_after_pooling(frames) for frames in self.window_frame_counts(num_samples)]
+
     def num_audio_tokens(self, num_samples: int) -> int:
-        """Placeholder count, as HF computes it: over the summed mask of all windows."""
-        return tokens_after_pooling(sum(self.window_frame_counts(num_samples)))
+        """Placeholder count: what the windows yield, equal to HF's formula over the summed
+        mask of all windows (each full window adds an even 1,500 positions)."""
+        return sum(self.window_token_counts(num_samples))
+
+    def length_error(self, num_samples: int) -> "AudioLengthError | None":
+        """Why the model cannot take a clip of this length, or None: the one check the API's
+        edge and our multimodal processor both apply, so nothing else reaches the engine."""
+        seconds = num_samples / self.sampling_rate
+        if num_samples > self.max_samples:
+            return AudioLengthError(
+                f"Audio is {seconds:.2f} s long; the maximum is {self.max_audio_seconds} s "
+                f"({self.max_windows} windows of {self.window_seconds} s).",
+                code="audio_too_long",
+            )
+        if self.num_audio_tokens(num_samples) == 0:
+            min_ms = self.min_samples / self.sampling_rate * 1000
+            return AudioLengthError(
+                f"Audio is {seconds * 1000:.1f} ms long; the minimum is {self.min_samples} "
+                f"samples ({min_ms:.1f} ms at {self.sampling_rate} Hz), one audio token.",
+                code="audio_too_short",
+            )
+        return None
 
     def check_length(self, num_samples: int) -> None:
         """Refuse audio the model cannot take, naming the limit."""
-        seconds = num_samples / self.sampling_rate
-        if num_samples > self.max_samples:
-            raise ValueError(
-                f"Audio is {seconds:.2f} s long; the maximum is {self.max_audio_seconds} s "
-                f"({self.max_windows} windows of {self.window_seconds} s)."
-            )
-        if num_samples < self.min_samples:
-            min_ms = self.min_samples / self.sampling_rate * 1000
-            raise ValueError(
-                f"Audio is {seconds * 1000:.1f} ms long; the minimum is {self.min_samples} "
-                f"samples ({min_ms:.1f} ms at {self.sampling_rate} Hz), one audio token."
-            )
+        if (error := self.length_error(num_samples)) is not None:
+            raise error
+
+
+class AudioLengthError(ValueError):
+    """A clip the model cannot take; `code` says which limit (OpenAI-style error code)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def positions_after_conv(frames: int) -> int:
@@ -136,18 +167,18 @@ class LogMel(torch.nn.Module):
         )
 
     def split_windows(self, audios: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
-        """Zero-padded [num_windows, window_samples] float32 PCM and each window's
-        count of valid mel frames."""
+        """Zero-padded [num_windows, window_samples] float32 PCM of the windows that yield
+        audio tokens, and each window's count of valid mel frames."""
         rows: list[torch.Tensor] = []
         frame_counts: list[int] = []
         for audio in audios:
+            counts = self.spec.window_frame_counts(audio.numel())
+            audio = audio[: self.spec.encoded_samples(audio.numel())]
             audio = audio.to(self.window.device, torch.float32)
-            padded_len = (
-                math.ceil(audio.numel() / self.spec.window_samples) * self.spec.window_samples
-            )
+            padded_len = len(counts) * self.spec.window_samples
             padded = torch.nn.functional.pad(audio, (0, padded_len - audio.numel()))
             rows.append(padded.view(-1, self.spec.window_samples))
-            frame_counts.extend(self.spec.window_frame_counts(audio.numel()))
+            frame_counts.extend(counts)
         return torch.cat(rows), frame_counts
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:

@@ -70,9 +70,12 @@ class AF3AudioEncoder(nn.Module):
             packed = layer(packed, **attn_metadata)
 
         # Average pool pairs of positions inside each window; an odd last position
-        # is dropped, as AvgPool1d(2, 2) does.
+        # is dropped, as AvgPool1d(2, 2) does. Our processor sends only windows that yield a
+        # token (AudioSpec.window_frame_counts), and the shape is spelled out so that a
+        # window of one position would still pool to nothing instead of failing the step.
+        dim = packed.shape[-1]
         pairs = [
-            window[: 2 * (n // 2)].reshape(n // 2, 2, -1)
+            window[: 2 * (n // 2)].reshape(n // 2, 2, dim)
             for window, n in zip(torch.split(packed, lengths), lengths, strict=True)
         ]
         return self.layer_norm(torch.cat(pairs).mean(dim=1))

@@ -21,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vllm import SamplingParams
 
+from af3_model_executor.audio_features import AudioSpec
 from tests.audio_files import as_sent, encode
+from tests.audio_lengths import random_lengths
 from tests.conftest import CACHE, make_clip
 from tests.http_helpers import CHAT, TRANSCRIPTIONS, assert_clean, server_fixture
 from tests.oracles import chat_prompt
@@ -144,6 +146,10 @@ def _symlink_out(media: Path) -> str:
     if not link.exists():
         link.symlink_to("/etc/passwd")
     return link.as_uri()
+
+
+def tone(num_samples: int) -> np.ndarray:
+    return np.sin(np.linspace(0, num_samples / 8, num_samples)).astype(np.float32) * 0.3
 
 
 SPEECH_OK = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32) * 0.3
@@ -317,6 +323,22 @@ CASES = [
     ),
 ]
 
+# A load test's clips: random lengths up to three windows, half of them a few samples past a
+# 30-s boundary (a last window that yields no audio token, or one). Every one is served, the
+# transcription too (its last window 30.005 s long).
+RANDOM_LENGTHS = random_lengths(AudioSpec(), 6, seed=21, max_windows=3)
+LENGTH_CASES = [
+    Case(f"random length {n} samples", (200,), chat(audio_body(wav_bytes(tone(n)))))
+    for n in RANDOM_LENGTHS
+] + [
+    Case(
+        "speech 60 s and 80 samples",
+        (200,),
+        speech({"model": MODEL}, wav_bytes(tone(2 * 30 * 16000 + 80))),
+    )
+]
+CASES += LENGTH_CASES
+
 
 # The heaviest and most varied cases, for the real server: its memory, its decoder threads
 # and its process log see them.
@@ -340,6 +362,7 @@ ON_THE_REAL_SERVER = [
     "wrong api key",
     "speech garbage file",
     "speech 11-minute file",
+    *(c.name for c in LENGTH_CASES),
 ]
 
 

@@ -92,8 +92,11 @@ async def test_audio_longer_than_the_limit(api, speech) -> None:
 
 
 async def test_audio_shorter_than_one_token(api, speech) -> None:
-    error = assert_error(await post(api, request([audio_part(speech[:200])])), 400, "messages")
-    assert "minimum" in error["message"]
+    response = await post(api, request([audio_part(speech[:200])]))
+    error = assert_error(
+        response, 400, "messages[0].content[0].input_audio.data", "audio_too_short"
+    )
+    assert "minimum is 321 samples" in error["message"]
 
 
 async def test_too_many_audios(api, second) -> None:

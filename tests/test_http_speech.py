@@ -240,7 +240,7 @@ async def test_errors_name_the_field(api, speech) -> None:
     too_long = await post(api, encode(make_clip(speech, 601.0)))
     assert_error(too_long, 413, "file", "audio_too_long")
     too_short = await post(api, encode(speech[:200]))
-    assert_error(too_short, 400, "file")
+    assert_error(too_short, 400, "file", "audio_too_short")
     one_second = encode(speech[:16000])
     assert_error(await post(api, one_second, response_format="doc"), 400, "response_format")
     assert_error(await post(api, one_second, language="xx"), 400, "language")

@@ -14,6 +14,7 @@ import pytest
 from af3_serve.speech.serving import MAX_TOKENS_PER_WINDOW
 from af3_serve.speech.transcripts import clean
 from tests.audio_files import as_sent, audio_part, encode
+from tests.audio_lengths import check_clips_past_boundaries, check_transcription_past_a_boundary
 from tests.conftest import make_clip
 from tests.oracles import HFReference, chat_prompt
 from tests.server import API_KEY, Server, start_server
@@ -117,3 +118,12 @@ def test_af3_infer_in_process_equals_the_server(mf_server, tiny_music_flamingo, 
     out = json.loads(local.stdout)
     assert out == json.loads(served.stdout)
     assert out["usage"]["completion_tokens"] == 6 and out["usage"]["audio_tokens"] > 0
+
+
+def test_clips_and_a_transcription_just_past_window_boundaries(
+    mf_client, mf_server, tiny_music_flamingo, speech
+) -> None:
+    """As tests/test_server_audio_lengths.py for AF3: transformers' prompt-token counts
+    (with <|sound_bos|>/<|sound_eos|>), the server healthy throughout."""
+    check_clips_past_boundaries(mf_client, mf_server.url, MODEL, tiny_music_flamingo, speech)
+    check_transcription_past_a_boundary(mf_server.url, MODEL, tiny_music_flamingo, speech)

@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from vllm.engine.protocol import EngineClient
 from vllm.exceptions import VLLMValidationError
 
+from af3_model_executor.audio_features import AudioSpec
 from af3_model_executor.constants import SAMPLE_RATE
 from af3_model_executor.think_adapter import ThinkAdapter
 from af3_serve import metrics
@@ -31,10 +32,13 @@ class InputPreparer:
         model_dir: str,
         think: ThinkAdapter | None,
         admission: Admission,
+        spec: AudioSpec,
         max_audio_seconds: float,
     ) -> None:
-        """`max_audio_seconds`: the longest audio served (the checkpoint's limit, or lower)."""
+        """`spec`: the checkpoint's audio front end; `max_audio_seconds`: the longest audio
+        served (the checkpoint's limit, or lower)."""
         self.engine = engine
+        self.spec = spec
         self.think = think
         self.admission = admission
         self.model = config.served_model_name
@@ -66,6 +70,10 @@ class InputPreparer:
             if exc.code == "audio_too_long":  # whose limit it is: the model's (or lower)
                 exc.message = exc.message.removesuffix(".") + f" for the model '{self.model}'."
             raise
+        if (error := self.spec.length_error(audio.size)) is not None:
+            # The same check as our multimodal processor's, here with the part it came from.
+            status = 413 if error.code == "audio_too_long" else 400
+            raise APIError(status, str(error), param=param, code=error.code)
         seconds = audio.size / SAMPLE_RATE
         if seconds > claimed:
             self.admission.reserve_audio(ticket, seconds - claimed)
