@@ -22,8 +22,8 @@ from af3_serve.edge.auth import require_api_key, require_api_key_if_protected
 from af3_serve.edge.errors import install_error_handlers
 from af3_serve.edge.limits import BodyLimits
 from af3_serve.edge.request_log import RequestLog
+from af3_serve.model_cards import ModelList
 from af3_serve.model_files import ModelFiles
-from af3_serve.models import ModelList
 from af3_serve.runtime import Runtime, get_runtime
 from af3_serve.speech.router import router as speech_router
 

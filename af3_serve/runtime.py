@@ -19,7 +19,7 @@ from af3_serve.config import ServerConfig
 from af3_serve.edge.errors import APIError
 from af3_serve.inputs.prepare import InputPreparer
 from af3_serve.model_files import ModelFiles
-from af3_serve.models import ServedModels
+from af3_serve.served_models import ServedModels
 
 ENGINE_DEAD_MESSAGE = "The engine stopped while serving this request."
 

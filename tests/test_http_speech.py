@@ -5,6 +5,7 @@ engine answers each window with a text of its own, so the content is known exact
 
 import io
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -80,6 +81,19 @@ async def test_json_text_and_usage(api, wav_75s: bytes) -> None:
         "input_token_details": {"audio_tokens": 1875, "text_tokens": prompt_tokens - 1875},
     }
     assert set(api.engine.lora.values()) == {None}  # the base model, no thinking adapter
+
+
+async def test_window_requests_carry_the_transcription_id(api, wav_75s: bytes) -> None:
+    """A request's windows run as `trsc-<id>-<window>`: the id of the request (its own, not a
+    chat completion's `chatcmpl-`) and the window's index."""
+    await post(api, wav_75s)
+    await post(api, wav_75s, path=TRANSLATIONS)
+    names = [re.fullmatch(r"(trsc-[0-9a-f]{32})-(\d+)", r) for r in api.engine.started]
+    assert all(names), api.engine.started
+    ids = {}
+    for name in names:
+        ids.setdefault(name[1], []).append(int(name[2]))
+    assert sorted(map(sorted, ids.values())) == [[0, 1, 2], [0, 1, 2]]
 
 
 async def test_a_window_is_cut_at_512_tokens(api, speech) -> None:

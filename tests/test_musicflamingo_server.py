@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from af3_serve.speech.serving import MAX_TOKENS_PER_WINDOW
-from af3_serve.speech.transcripts import clean
+from af3_serve.transcript_cleaner import clean
 from tests.audio_files import as_sent, audio_part, encode
 from tests.audio_lengths import check_clips_past_boundaries, check_transcription_past_a_boundary
 from tests.conftest import make_clip

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from vllm import SamplingParams
 
-from af3_serve.speech.transcripts import clean
+from af3_serve.transcript_cleaner import clean
 from tests.audio_files import as_sent, encode
 from tests.conftest import make_clip
 from tests.oracles import chat_prompt
@@ -152,7 +152,7 @@ def test_wrapper_phrasing_is_removed(answer: str, transcript: str) -> None:
 
 @pytest.mark.parametrize("size", [1, 3, 7])
 def test_wrapper_removal_is_the_same_when_streamed(size: int) -> None:
-    from af3_serve.speech.transcripts import TranscriptCleaner
+    from af3_serve.transcript_cleaner import TranscriptCleaner
 
     for answer in ('The spoken content of the audio is "Hello there."', "The cat sat."):
         cleaner = TranscriptCleaner()

@@ -1,67 +1,13 @@
-"""The OpenAI chat-completions schema, as far as AF3 serves it.
-
-Requests forbid unknown fields, so a parameter we do not implement is a clear 400
-instead of being silently ignored.
-"""
+"""The OpenAI chat-completions schema, as far as AF3 serves it: the request body, the
+completion and its chunks. Content parts and messages are shared with the other endpoints
+(`af3_serve/protocol.py`)."""
 
 import time
-import uuid
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TextPart(StrictModel):
-    type: Literal["text"]
-    text: str
-
-
-class InputAudio(StrictModel):
-    data: str = Field(description="base64-encoded audio file")
-    format: str = Field(description="wav, mp3, flac, ogg, ...")
-
-
-class InputAudioPart(StrictModel):
-    type: Literal["input_audio"]
-    input_audio: InputAudio
-
-
-class AudioURL(StrictModel):
-    url: str
-
-
-class AudioURLPart(StrictModel):
-    type: Literal["audio_url"]
-    audio_url: AudioURL
-
-
-ContentPart = Annotated[TextPart | InputAudioPart | AudioURLPart, Field(discriminator="type")]
-AudioPart = InputAudioPart | AudioURLPart
-
-
-class SystemMessage(StrictModel):
-    role: Literal["system", "developer"]
-    content: str | list[TextPart]
-    name: str | None = None
-
-
-class UserMessage(StrictModel):
-    role: Literal["user"]
-    content: str | list[ContentPart]
-    name: str | None = None
-
-
-class AssistantMessage(StrictModel):
-    role: Literal["assistant"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
-
-
-Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+from af3_serve.protocol import Message, StrictModel, random_id
 
 
 class StreamOptions(StrictModel):
@@ -158,7 +104,7 @@ class Choice(BaseModel):
 
 
 def completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return random_id("chatcmpl")
 
 
 class ChatCompletion(BaseModel):

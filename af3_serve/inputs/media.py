@@ -12,8 +12,8 @@ from urllib.parse import unquote, urlparse
 import httpx
 import pybase64
 
-from af3_serve.chat.protocol import AudioPart, InputAudioPart
 from af3_serve.edge.errors import APIError
+from af3_serve.protocol import AudioPart, InputAudioPart
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from af3_model_executor.think_adapter import THINK_SUFFIX
-from af3_serve.chat.protocol import AudioPart, Message, TextPart, UserMessage
+from af3_serve.protocol import AudioPart, Message, TextPart, UserMessage
 
 
 @dataclass(frozen=True)

@@ -1,62 +1,51 @@
 """POST /v1/audio/transcriptions and /v1/audio/translations, OpenAI's speech-to-text API,
 served along `serving.py`'s path."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import PlainTextResponse, Response
 from vllm import SamplingParams
 from vllm.sampling_params import RequestOutputKind
 
 from af3_model_executor.constants import SAMPLE_RATE
 from af3_serve import metrics
 from af3_serve.admission import Ticket
-from af3_serve.chat.protocol import completion_id
 from af3_serve.edge.auth import require_api_key
 from af3_serve.edge.errors import APIError
 from af3_serve.runtime import Runtime, get_runtime
 from af3_serve.serving import ServedRequest
-from af3_serve.speech.serving import (
+from af3_serve.speech.protocol import (
     LANGUAGES,
-    MAX_TOKENS_PER_WINDOW,
-    SpeechAnswer,
     Task,
-    instruction,
-    windows,
+    TranscriptionRequest,
+    TranscriptionResponse,
+    TranscriptionResponseVerbose,
+    TranscriptionSegment,
 )
-from af3_serve.speech.transcripts import Segment, to_srt, to_vtt
+from af3_serve.speech.serving import MAX_TOKENS_PER_WINDOW, SpeechAnswer, instruction, windows
+from af3_serve.speech.subtitles import to_srt, to_vtt
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
 
-Format = Literal["json", "text", "srt", "vtt", "verbose_json"]
+Answer = Response | TranscriptionResponse | TranscriptionResponseVerbose
 
 
 async def _serve(
-    task: Task,
-    request: Request,
-    runtime: Runtime,
-    file: UploadFile,
-    model: str,
-    prompt: str | None,
-    language: str | None,
-    temperature: float,
-    response_format: Format,
-    stream: bool,
-) -> Response:
-    if runtime.models.is_think(model):
+    task: Task, request: Request, runtime: Runtime, form: TranscriptionRequest
+) -> Answer:
+    if runtime.models.is_think(form.model):
         raise APIError(
             400,
             "Thinking mode is for /v1/chat/completions; transcription uses the base model.",
             param="model",
         )
-    if not 0.0 <= temperature <= 1.0:
-        raise APIError(400, "temperature must be between 0 and 1.", param="temperature")
     conversation = [
         {
             "role": "user",
             "content": [
                 {"type": "audio"},
-                {"type": "text", "text": instruction(task, language, prompt)},
+                {"type": "text", "text": instruction(task, form.language, form.prompt)},
             ],
         }
     ]
@@ -64,7 +53,7 @@ async def _serve(
     served = ServedRequest(runtime, request, endpoint)
 
     async def prepare(ticket: Ticket) -> tuple[float, list[tuple[int, int]], list[Any]]:
-        audio = await runtime.inputs.decode(await file.read(), "file", ticket)
+        audio = await runtime.inputs.decode(await form.file.read(), "file", ticket)
         bounds = windows(audio)
         try:
             inputs = [await runtime.inputs.render(conversation, [audio[a:b]]) for a, b in bounds]
@@ -77,77 +66,58 @@ async def _serve(
 
     seconds, bounds, inputs = await served.prepare(prepare)
     params = SamplingParams(
-        temperature=temperature,
+        temperature=form.temperature,
         max_tokens=MAX_TOKENS_PER_WINDOW,
         logprobs=0,  # the sampled token's own logprob, for avg_logprob
-        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+        output_kind=RequestOutputKind.DELTA if form.stream else RequestOutputKind.FINAL_ONLY,
     )
-    answer = SpeechAnswer(served, bounds, inputs, params, completion_id(), runtime.audio_token_id)
-    if stream:
+    answer = SpeechAnswer(served, bounds, inputs, params, runtime.audio_token_id)
+    if form.stream:
         return served.stream(answer.events(), done=False)
     segments = await served.answer(answer.segments())
-    return _response(task, language, response_format, seconds, segments, answer)
+    return _response(task, form, seconds, segments, answer)
 
 
 def _response(
     task: Task,
-    language: str | None,
-    response_format: Format,
+    form: TranscriptionRequest,
     seconds: float,
-    segments: list[Segment],
+    segments: list[TranscriptionSegment],
     answer: SpeechAnswer,
-) -> Response:
+) -> Answer:
     text = " ".join(s.text for s in segments if s.text)
-    if response_format == "text":
+    if form.response_format == "text":
         return PlainTextResponse(text + "\n")
-    if response_format == "srt":
+    if form.response_format == "srt":
         return PlainTextResponse(to_srt(segments), media_type="application/x-subrip")
-    if response_format == "vtt":
+    if form.response_format == "vtt":
         return PlainTextResponse(to_vtt(segments), media_type="text/vtt")
     usage = answer.usage(sum(len(s.tokens) for s in segments))
-    if response_format == "verbose_json":
+    if form.response_format == "verbose_json":
         # AF3 does not detect the language: report the one asked for, or say so.
         if task == "translate":
-            reported = "english"
+            language = "english"
         else:
-            reported = LANGUAGES.get(language or "", "unknown").lower()
-        return JSONResponse(
-            {
-                "task": task,
-                "language": reported,
-                "duration": round(seconds, 3),
-                "text": text,
-                "segments": [s.verbose() for s in segments],
-                "usage": usage,
-            }
+            language = LANGUAGES.get(form.language or "", "unknown").lower()
+        return TranscriptionResponseVerbose(
+            task=task,
+            language=language,
+            duration=round(seconds, 3),
+            text=text,
+            segments=segments,
+            usage=usage,
         )
-    return JSONResponse({"text": text, "usage": usage})
+    return TranscriptionResponse(text=text, usage=usage)
 
 
 def _route(task: Task):  # noqa: ANN202 - a FastAPI endpoint
     async def endpoint(
         request: Request,
         runtime: Annotated[Runtime, Depends(get_runtime)],
-        file: Annotated[UploadFile, File()],
-        model: Annotated[str, Form()],
-        prompt: Annotated[str | None, Form()] = None,
-        language: Annotated[str | None, Form()] = None,
-        temperature: Annotated[float, Form()] = 0.0,
-        response_format: Annotated[Format, Form()] = "json",
-        stream: Annotated[bool, Form()] = False,
-    ) -> Response:
-        return await _serve(
-            task,
-            request,
-            runtime,
-            file,
-            model,
-            prompt,
-            language,
-            temperature,
-            response_format,
-            stream,
-        )
+        # FastAPI builds the model from the form's fields; multipart, as it carries a file.
+        form: Annotated[TranscriptionRequest, Form(media_type="multipart/form-data")],
+    ) -> Answer:
+        return await _serve(task, request, runtime, form)
 
     return endpoint
 

@@ -3,49 +3,42 @@ transcribed as its own engine request, all of them batched concurrently by the e
 stitched in order, whole or streamed."""
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from vllm import SamplingParams
 from vllm.outputs import CompletionOutput, RequestOutput
 
 from af3_model_executor.constants import SAMPLE_RATE, WINDOW_SECONDS
-from af3_serve.edge.errors import APIError
 from af3_serve.serving import ServedRequest
-from af3_serve.speech.transcripts import Segment, TranscriptCleaner, clean
+from af3_serve.speech.protocol import (
+    LANGUAGES,
+    InputTokenDetails,
+    Task,
+    TranscriptionSegment,
+    TranscriptionTextDelta,
+    TranscriptionTextDone,
+    TranscriptionUsage,
+    transcription_id,
+)
+from af3_serve.transcript_cleaner import TranscriptCleaner, clean
 
-Task = Literal["transcribe", "translate"]
 WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
 # A last piece shorter than this rides with the previous window (AF3 takes any length).
 MIN_TAIL_SAMPLES = SAMPLE_RATE
 MAX_TOKENS_PER_WINDOW = 512
-LANGUAGES = {
-    "en": "English", "zh": "Chinese", "de": "German", "es": "Spanish", "ru": "Russian",
-    "ko": "Korean", "fr": "French", "ja": "Japanese", "pt": "Portuguese", "tr": "Turkish",
-    "pl": "Polish", "it": "Italian", "nl": "Dutch", "ar": "Arabic", "sv": "Swedish",
-    "hi": "Hindi", "fi": "Finnish", "vi": "Vietnamese", "uk": "Ukrainian", "el": "Greek",
-    "cs": "Czech", "ro": "Romanian", "da": "Danish", "hu": "Hungarian", "he": "Hebrew",
-    "id": "Indonesian", "no": "Norwegian", "th": "Thai",
-}  # fmt: skip
 
 
 def instruction(task: Task, language: str | None, prompt: str | None) -> str:
-    """AF3's own instruction, with the language and the caller's prompt folded in."""
+    """AF3's own instruction, with the language (one of `LANGUAGES`, checked with the form)
+    and the caller's prompt folded in."""
     if task == "translate":
         text = "Translate the input speech into English."
     else:
         text = "Transcribe the input speech."
     if language:
-        if language not in LANGUAGES:
-            raise APIError(
-                400,
-                f"Unsupported language '{language}' (ISO-639-1 codes: "
-                f"{', '.join(sorted(LANGUAGES))}).",
-                param="language",
-            )
         text += f" The speech is in {LANGUAGES[language]}."
     if prompt:
         text += f" Context: {prompt.strip()}"
@@ -69,8 +62,8 @@ class SpeechAnswer:
     bounds: list[tuple[int, int]]
     inputs: list[Any]
     params: SamplingParams
-    request_id: str
     audio_token_id: int
+    request_id: str = field(default_factory=transcription_id)
 
     def _window_outputs(self) -> list[AsyncIterator[RequestOutput]]:
         return [
@@ -78,29 +71,27 @@ class SpeechAnswer:
             for i, engine_input in enumerate(self.inputs)
         ]
 
-    def usage(self, output_tokens: int) -> dict:
+    def usage(self, output_tokens: int) -> TranscriptionUsage:
         prompts = [e["prompt_token_ids"] for e in self.inputs]
         prompt_tokens = sum(len(p) for p in prompts)
         audio_tokens = sum(p.count(self.audio_token_id) for p in prompts)
-        return {
-            "type": "tokens",
-            "input_tokens": prompt_tokens,
-            "output_tokens": output_tokens,
-            "total_tokens": prompt_tokens + output_tokens,
-            "input_token_details": {
-                "audio_tokens": audio_tokens,
-                "text_tokens": prompt_tokens - audio_tokens,
-            },
-        }
+        return TranscriptionUsage(
+            input_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            total_tokens=prompt_tokens + output_tokens,
+            input_token_details=InputTokenDetails(
+                audio_tokens=audio_tokens, text_tokens=prompt_tokens - audio_tokens
+            ),
+        )
 
-    async def segments(self) -> list[Segment]:
+    async def segments(self) -> list[TranscriptionSegment]:
         finals = await asyncio.gather(*(_last(g) for g in self._window_outputs()))
         segments = []
         for i, ((a, b), out) in enumerate(zip(self.bounds, finals, strict=True)):
             o = out.outputs[0]
             logprobs = [lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [], strict=False)]
             segments.append(
-                Segment(
+                TranscriptionSegment.of_window(
                     id=i,
                     start=round(a / SAMPLE_RATE, 3),
                     end=round(b / SAMPLE_RATE, 3),
@@ -149,8 +140,8 @@ class SpeechAnswer:
                     yield _delta(rest, window_start=not sent, after_previous=bool(pieces))
                 if window_text:
                     pieces.append(window_text)
-            done = {"type": "transcript.text.done", "text": " ".join(pieces)}
-            yield json.dumps(done | {"usage": self.usage(output_tokens)})
+            done = TranscriptionTextDone(text=" ".join(pieces), usage=self.usage(output_tokens))
+            yield done.model_dump_json()
         finally:
             for task in tasks:
                 task.cancel()  # cancelling a pump aborts its engine request
@@ -167,4 +158,4 @@ async def _last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
 def _delta(text: str, window_start: bool, after_previous: bool) -> str:
     if window_start and after_previous:
         text = " " + text
-    return json.dumps({"type": "transcript.text.delta", "delta": text})
+    return TranscriptionTextDelta(delta=text).model_dump_json()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import jiwer
 
-from af3_serve.speech.transcripts import clean
+from af3_serve.transcript_cleaner import clean
 
 # "(A) text" anywhere (inline or one a line), or "A. text" / "A) text" starting a line.
 _CHOICE = re.compile(

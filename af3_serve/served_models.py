@@ -1,29 +1,11 @@
 """The models a server answers to: the base model and, with a thinking adapter, the thinking
-model; which one a request names, and the /v1/models list."""
+model; which one a request names, and their cards for /v1/models (`model_cards.py`)."""
 
 import time
-from typing import Literal
-
-from pydantic import BaseModel
 
 from af3_serve.config import ServerConfig
 from af3_serve.edge.errors import APIError
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "af3-serve"
-    max_model_len: int
-    max_audio_seconds: float  # the longest audio one request's audio may be
-    root: str | None = None  # for the thinking model: the base model it adapts
-    parent: str | None = None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
+from af3_serve.model_cards import ModelCard, ModelList
 
 
 class ServedModels:
