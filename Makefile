@@ -1,7 +1,9 @@
 # Everything runs from the project's own virtual environment.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TINY ?= .cache/tiny-af3
+# make serve's checkpoint: named as the hub's and with its think/ adapter, so that it is
+# served as audio-flamingo-3 and audio-flamingo-3-think, the names the README's examples use.
+TINY ?= .cache/audio-flamingo-3-hf
 PORT ?= 8000
 
 .PHONY: install system-deps test test-fast serve lint bench-encoder
@@ -64,7 +66,7 @@ test-fast: install system-deps
 
 $(TINY)/config.json: | install
 	@echo "building a RANDOM-WEIGHT tiny AF3 checkpoint in $(TINY) (answers are noise)"
-	$(VENV)/bin/af3-tiny-checkpoint $(TINY)
+	$(VENV)/bin/af3-tiny-checkpoint $(TINY) --think
 
 # CPU, tiny random-weight checkpoint: for trying the API, not for answers.
 serve: $(TINY)/config.json

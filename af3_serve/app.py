@@ -4,11 +4,11 @@ version, metrics) and the engine's life."""
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import vllm
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from vllm.engine.protocol import EngineClient
@@ -51,6 +51,31 @@ def create_app(
     """`start_engine` gives the engine when the app starts (vLLM's `AsyncLLM` in the server,
     a fake in the HTTP tests); `on_engine_dead` is told when it dies, so the process can
     exit non-zero."""
+    metrics.initialise_labels()
+    lifespan = _lifespan(config, files, start_engine, on_engine_dead)
+    app = FastAPI(title="af3-serve", version=__version__, lifespan=lifespan)
+    app.add_middleware(
+        BodyLimits,
+        max_bytes=config.max_request_bytes,
+        read_timeout_s=config.request_read_timeout_s,
+    )
+    app.add_middleware(RequestLog)
+    install_error_handlers(app)
+    app.include_router(chat_router)
+    app.include_router(speech_router)
+    app.include_router(_service_routes(config))
+    if config.demo_page:
+        mount_demo_page(app)
+    return app
+
+
+def _lifespan(
+    config: ServerConfig,
+    files: ModelFiles,
+    start_engine: Callable[[], EngineClient],
+    on_engine_dead: Callable[[], None],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The engine's life: started with the app, watched while it serves, shut down after."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,30 +94,25 @@ def create_app(
             watcher.cancel()
             runtime.shutdown()
 
-    metrics.initialise_labels()
-    app = FastAPI(title="af3-serve", version=__version__, lifespan=lifespan)
-    app.add_middleware(
-        BodyLimits,
-        max_bytes=config.max_request_bytes,
-        read_timeout_s=config.request_read_timeout_s,
-    )
-    app.add_middleware(RequestLog)
-    install_error_handlers(app)
-    app.include_router(chat_router)
-    app.include_router(speech_router)
+    return lifespan
 
-    @app.get("/v1/models", dependencies=[Depends(require_api_key)])
+
+def _service_routes(config: ServerConfig) -> APIRouter:
+    """The small routes: models, health, version, metrics."""
+    router = APIRouter()
+
+    @router.get("/v1/models", dependencies=[Depends(require_api_key)])
     async def models(request: Request) -> ModelList:
         return get_runtime(request).models.cards()
 
-    @app.get("/health")
+    @router.get("/health")
     async def health(request: Request) -> JSONResponse:
         runtime = get_runtime(request)
         if runtime.engine_dead or runtime.engine.errored:
             return JSONResponse({"status": "engine_dead"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/version", dependencies=[Depends(require_api_key_if_protected)])
+    @router.get("/version", dependencies=[Depends(require_api_key_if_protected)])
     async def version_info() -> dict[str, str]:
         return {
             "af3_serve": __version__,
@@ -102,10 +122,8 @@ def create_app(
             "model_class": ARCHITECTURE,
         }
 
-    @app.get("/metrics", dependencies=[Depends(require_api_key_if_protected)])
+    @router.get("/metrics", dependencies=[Depends(require_api_key_if_protected)])
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    if config.demo_page:
-        mount_demo_page(app)
-    return app
+    return router

@@ -38,7 +38,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "enable_prefix_caching": True,
 }
 
-# Engine flags we set ourselves and a user may not: (flag's dest, why, what to use instead).
+# Engine flags we set ourselves and a user may not: flag's dest -> why (and what to use instead).
 REFUSED_ENGINE_FLAGS = {
     "limit_mm_per_prompt": "audios per prompt are --max-audios-per-request",
     "model_impl": "it would replace af3-serve's AF3 model with another implementation",

@@ -380,6 +380,47 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def panel_exprs(title: str) -> list[str]:
+    (panel,) = [p for p in json.loads(DASHBOARD.read_text())["panels"] if p["title"] == title]
+    return [t["expr"].replace("$__rate_interval", "5m") for t in panel["targets"]]
+
+
+def test_router_error_panel_reads_zero_until_the_first_error(tmp_path: Path) -> None:
+    """The router creates its error and retry series with the first error: until then the
+    panel shows 0 (errors of type none), not "No data"; after it, only the real series."""
+    errors, retries = panel_exprs("Router: errors and retries/s")
+
+    def case(counters: dict[str, int], error_rates: dict[str, float], retry_rate: float) -> dict:
+        """Counters rising by this much a minute; the panel's values after 15 minutes."""
+        served = {'vllm_router_processed_requests_total{worker="http://a:8000"}': 60, **counters}
+        expected = [(errors, f'{{error_type="{k}"}}', v) for k, v in error_rates.items()]
+        expected.append((retries, "{}", retry_rate))
+        return {
+            "interval": "1m",
+            "input_series": [{"series": k, "values": f"0+{v}x20"} for k, v in served.items()],
+            "promql_expr_test": [
+                {"expr": e, "eval_time": "15m", "exp_samples": [{"labels": labels, "value": v}]}
+                for e, labels, v in expected
+            ],
+        }
+
+    tests = [
+        case({}, {"none": 0}, 0),
+        case(
+            {
+                'vllm_router_request_errors_total{error_type="timeout"}': 60,
+                "vllm_router_retries_total": 120,
+            },
+            {"timeout": 1},
+            2,
+        ),
+    ]
+    path = tmp_path / "router_panel_test.yml"
+    path.write_text(yaml.safe_dump({"evaluation_interval": "1m", "tests": tests}))
+    result = run(promtool(), "test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_dashboard_uses_the_provisioned_datasource() -> None:
     provisioning = DEPLOY / "grafana" / "provisioning"
     (datasource,) = load_yaml(provisioning / "datasources" / "prometheus.yml")["datasources"]

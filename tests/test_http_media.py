@@ -86,7 +86,7 @@ def audio_host(speech) -> Iterator[str]:
     seen: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             seen.append(self.headers["Host"])
             if self.path == "/moved":
                 self.send_response(302)

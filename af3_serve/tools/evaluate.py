@@ -10,6 +10,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
@@ -98,6 +99,16 @@ class Throughput:
     mean_latency_s: float | None
 
 
+@dataclass
+class _Tally:
+    """What the workers of one run have done so far."""
+
+    answered: int = 0
+    failed: int = 0
+    audio_seconds: float = 0.0
+    latency_s: float = 0.0
+
+
 async def run(items: list[Item], args: argparse.Namespace, out: Path, progress: tqdm) -> Throughput:
     client = openai.AsyncOpenAI(
         base_url=base_url(args.url),
@@ -106,58 +117,69 @@ async def run(items: list[Item], args: argparse.Namespace, out: Path, progress: 
         max_retries=8,
         timeout=args.timeout,
     )
-    todo = iter(items)
-    answered = failed = 0
-    audio_total = latency_total = 0.0
+    todo = iter(items)  # one shared iterator: each item goes to one worker
+    tally = _Tally()
     start = time.perf_counter()
-
-    async def worker(sink: TextIO) -> None:
-        nonlocal answered, failed, audio_total, latency_total
-        for item in todo:  # one shared iterator: each item goes to one worker
-            try:
-                content = await asyncio.to_thread(request_content, item)
-                sent = time.perf_counter()
-                reply = await client.chat.completions.create(
-                    model=args.model,
-                    messages=[{"role": "user", "content": content}],
-                    **sampling_body(args),
-                    **thinking_body(args),
-                    extra_headers=session_headers(),  # one conversation per item
-                )
-            except (openai.AuthenticationError, openai.NotFoundError):
-                raise  # a wrong key, model or URL fails every item alike: stop
-            except (openai.APIError, OSError) as exc:
-                failed += 1
-                progress.write(f"{item.id}: {exc}", file=sys.stderr)
-                continue
-            latency = time.perf_counter() - sent
-            seconds = await asyncio.to_thread(audio_seconds, item)
-            record = {
-                "id": item.id,
-                "question": item.question,
-                "answer": reply.choices[0].message.content or "",
-                "reference": item.reference,
-                "audio_seconds": seconds,
-                "latency_s": round(latency, 3),
-            }
-            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-            sink.flush()  # answered is answered, even if we are killed next
-            answered += 1
-            audio_total += seconds or 0.0
-            latency_total += latency
-            progress.update()
-
     with out.open("a") as sink:
-        await asyncio.gather(*(worker(sink) for _ in range(args.concurrency)))
+        workers = (
+            _worker(client, todo, args, sink, tally, progress) for _ in range(args.concurrency)
+        )
+        await asyncio.gather(*workers)
     await client.close()
-    elapsed = time.perf_counter() - start
+    return _throughput(tally, time.perf_counter() - start)
+
+
+async def _worker(
+    client: openai.AsyncOpenAI,
+    todo: Iterator[Item],
+    args: argparse.Namespace,
+    sink: TextIO,
+    tally: _Tally,
+    progress: tqdm,
+) -> None:
+    for item in todo:
+        try:
+            content = await asyncio.to_thread(request_content, item)
+            sent = time.perf_counter()
+            reply = await client.chat.completions.create(
+                model=args.model,
+                messages=[{"role": "user", "content": content}],
+                **sampling_body(args),
+                **thinking_body(args),
+                extra_headers=session_headers(),  # one conversation per item
+            )
+        except (openai.AuthenticationError, openai.NotFoundError):
+            raise  # a wrong key, model or URL fails every item alike: stop
+        except (openai.APIError, OSError) as exc:
+            tally.failed += 1
+            progress.write(f"{item.id}: {exc}", file=sys.stderr)
+            continue
+        latency = time.perf_counter() - sent
+        seconds = await asyncio.to_thread(audio_seconds, item)
+        record = {
+            "id": item.id,
+            "question": item.question,
+            "answer": reply.choices[0].message.content or "",
+            "reference": item.reference,
+            "audio_seconds": seconds,
+            "latency_s": round(latency, 3),
+        }
+        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+        sink.flush()  # answered is answered, even if we are killed next
+        tally.answered += 1
+        tally.audio_seconds += seconds or 0.0
+        tally.latency_s += latency
+        progress.update()
+
+
+def _throughput(tally: _Tally, elapsed: float) -> Throughput:
     return Throughput(
-        answered=answered,
-        failed=failed,
+        answered=tally.answered,
+        failed=tally.failed,
         seconds=round(elapsed, 3),
-        questions_per_s=answered / elapsed,
-        audio_hours_per_hour=audio_total / elapsed,
-        mean_latency_s=latency_total / answered if answered else None,
+        questions_per_s=tally.answered / elapsed,
+        audio_hours_per_hour=tally.audio_seconds / elapsed,
+        mean_latency_s=tally.latency_s / tally.answered if tally.answered else None,
     )
 
 

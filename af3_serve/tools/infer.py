@@ -5,12 +5,15 @@ process (vLLM's offline `LLM`); with `--url` it asks a running af3-serve and str
 answer as it is generated.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from af3_model_executor.constants import SAMPLE_RATE
 from af3_serve.tools.common import (
@@ -24,6 +27,14 @@ from af3_serve.tools.common import (
     session_headers,
     thinking_body,
 )
+
+# vLLM, numpy and the model files are imported in-process only: `--url` needs none of them.
+if TYPE_CHECKING:
+    import numpy as np
+    from vllm import LLM, RequestOutput
+    from vllm.lora.request import LoRARequest
+
+    from af3_serve.model_files import ModelFiles
 
 
 @dataclass
@@ -118,16 +129,24 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
     # vLLM logs to stdout by default; stdout is for the answer (and --json).
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     import librosa
-    from vllm import LLM, SamplingParams
-    from vllm.platforms import current_platform
-
-    from af3_model_executor.constants import DEFAULT_MODEL
-    from af3_serve.config import DEFAULT_CACHE_DIR
-    from af3_serve.engine import engine_defaults, model_engine_args
-    from af3_serve.inputs.prompts import with_think_suffix
-    from af3_serve.model_files import ModelFilesError, resolve_model_files
+    from vllm import SamplingParams
 
     audios = [librosa.load(path, sr=SAMPLE_RATE, mono=True)[0] for path in args.audio]
+    files = _model_files(args)
+    llm = _offline_engine(args, files, len(audios))
+    request, lora = _engine_request(llm, files, text, audios, args.think)
+    params = SamplingParams(**sampling_body(args))
+    (output,) = llm.generate(request, params, use_tqdm=False, lora_request=lora)
+    return _answer(llm, output)
+
+
+def _model_files(args: argparse.Namespace) -> ModelFiles:
+    """The checkpoint, converted if it is in the original layout, and its thinking adapter
+    when --think asks for it; a checkpoint without one is an error."""
+    from af3_model_executor.constants import DEFAULT_MODEL
+    from af3_serve.config import DEFAULT_CACHE_DIR
+    from af3_serve.model_files import ModelFilesError, resolve_model_files
+
     think_adapter = "auto" if args.think else "none"
     try:
         files = resolve_model_files(args.model or DEFAULT_MODEL, think_adapter, DEFAULT_CACHE_DIR)
@@ -135,9 +154,18 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
         sys.exit(f"af3-infer: error: {exc}")
     if args.think and files.think is None:
         sys.exit(f"af3-infer: error: {files.model_dir} has no thinking adapter (think/)")
+    return files
+
+
+def _offline_engine(args: argparse.Namespace, files: ModelFiles, audios: int) -> LLM:
+    from vllm import LLM
+    from vllm.platforms import current_platform
+
+    from af3_serve.engine import engine_defaults, model_engine_args
+
     # The longest audio the checkpoint takes fits the context and prefills in one step.
     defaults = engine_defaults(files)
-    llm = LLM(
+    return LLM(
         files.model_dir,
         # Our model class (never vLLM's built-in AF3), with the thinking LoRA if asked for.
         **model_engine_args(files),
@@ -146,15 +174,23 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
         enforce_eager=True,
         max_model_len=args.max_model_len or defaults["max_model_len"],
         max_num_batched_tokens=defaults["max_num_batched_tokens"],
-        limit_mm_per_prompt={"audio": len(audios)},
+        limit_mm_per_prompt={"audio": audios},
         gpu_memory_utilization=args.gpu_memory_utilization,
         tensor_parallel_size=args.tensor_parallel_size,
         seed=0 if args.seed is None else args.seed,
     )
+
+
+def _engine_request(
+    llm: LLM, files: ModelFiles, text: str, audios: list[np.ndarray], think: bool
+) -> tuple[dict[str, Any], LoRARequest | None]:
+    """The prompt as the server would render it, its audio, and the thinking LoRA."""
+    from af3_serve.inputs.prompts import with_think_suffix
+
     # The checkpoint's chat template puts one <sound> per audio where the server would.
     content = [{"type": "audio"}] * len(audios) + [{"type": "text", "text": text}]
     conversation = [{"role": "user", "content": content}]
-    if args.think:
+    if think:
         conversation = with_think_suffix(conversation)
     prompt = llm.get_tokenizer().apply_chat_template(
         conversation, tokenize=False, add_generation_prompt=True
@@ -165,8 +201,10 @@ def run_in_process(args: argparse.Namespace, text: str) -> Answer:
         lora = files.think.lora_request("think")
         if kwargs := files.think.mm_processor_kwargs():
             request["mm_processor_kwargs"] = kwargs
-    params = SamplingParams(**sampling_body(args))
-    (output,) = llm.generate(request, params, use_tqdm=False, lora_request=lora)
+    return request, lora
+
+
+def _answer(llm: LLM, output: RequestOutput) -> Answer:
     completion = output.outputs[0]
     audio_token_id = llm.llm_engine.model_config.hf_config.audio_token_id
     prompt_ids = output.prompt_token_ids or []
