@@ -135,3 +135,19 @@ def test_target_flags_widen_manylinux() -> None:
     assert platforms[0] == "manylinux_2_28_x86_64" and "manylinux_2_17_x86_64" in platforms
     assert "manylinux2014_x86_64" in platforms and "manylinux_2_29_x86_64" not in platforms
     assert flags[flags.index("--python-version") + 1] == "3.12" and "cp312" in flags
+
+
+def test_parts_py_unpacks_alone(source: Path, tmp_path: Path) -> None:
+    """The bundle ships parts.py beside its parts: it runs there with nothing installed."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    archive = parts.write_archive(source, out, "b", 2 * KIB)
+    (out / "manifest.json").write_text(json.dumps({"format": parts.FORMAT, "archive": archive}))
+    shutil.copy2(parts.__file__, out / "parts.py")
+    command = [sys.executable, "-I", "parts.py", "unpack", "manifest.json", ".", str(tmp_path)]
+    subprocess.run(command, cwd=out, check=True, capture_output=True)
+    assert files_of(tmp_path / "site") == files_of(source)
