@@ -83,9 +83,9 @@ bench-encoder: install
 	$(PY) -m benchmarks.encoder_bench --presets real-encoder --repeats 1 \
 		--out benchmarks/results/encoder_cpu_real_encoder.json
 
-# The GPU proof run's carry set for the lent H200 (issue 14): vLLM and what the machine's
-# image lacks, as .tar.xz parts under .cache/gpu-carry (downloads ~370 MB; xz takes 15-30
-# minutes on 2 cores). Not part of `make test`. benchmarks/gpu/PLAN.md has the device calls.
-.PHONY: gpu-carry
-gpu-carry: install
-	$(PY) -m benchmarks.gpu.carry --out .cache/gpu-carry
+# An offline bundle for an air-gapped GPU host: the wheels of af3-serve[gpu] for CPython
+# 3.12 on manylinux x86_64, with sha256 checksums, in parts under .cache/gpu-bundle
+# (benchmarks/gpu/README.md; BUNDLE_ARGS=--host-torch for a host with its own torch).
+.PHONY: gpu-bundle
+gpu-bundle: install
+	$(PY) -m benchmarks.gpu.bundle --out .cache/gpu-bundle $(BUNDLE_ARGS)

@@ -11,17 +11,10 @@ is the command behind every ratio we publish.
 
 import argparse
 import os
-import re
 from pathlib import Path
 
 from benchmarks import harness
 from benchmarks.harness import ENGINE, MODEL
-
-
-def model_class_line(log: Path) -> str:
-    text = log.read_text(errors="replace")
-    match = re.search(r"[^\n]*(Resolved architecture|model class)[^\n]*", text)
-    return match.group(0).strip() if match else "(not found in log)"
 
 
 def main() -> None:
@@ -80,8 +73,8 @@ def main() -> None:
         "engine_args": list(ENGINE),
         "ours_command": ours.command,
         "upstream_command": upstream.command,
-        "ours_model_class": model_class_line(ours.log),
-        "upstream_model_class": model_class_line(upstream.log),
+        "ours_model_class": ours.model_class(),
+        "upstream_model_class": upstream.model_class(),
         "api_cpu": cpu,
         "compare_command": harness.command_line(),
         # The CPU build's core layout (e.g. VLLM_CPU_NUM_OF_RESERVED_CPU), same for both.

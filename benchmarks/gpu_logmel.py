@@ -1,8 +1,8 @@
 """Log-mel on the GPU (our `LogMel`, as the model computes it) against HF's feature
 extractor on the CPU (what vLLM's built-in AF3 runs in its API process).
 
-Runs without vLLM and without an install (the lent GPU machines have torch and
-transformers only): the harness loads model_executor/ from this checkout. Checks that
+Runs without vLLM and without an install (a GPU host with only torch and transformers):
+the harness loads model_executor/ from this checkout. Checks that
 the CUDA features equal HF's within float32 FFT tolerance and times both (the fastest of
 --repeats runs after a warm-up) on real speech, per clip length. Offline, bring the
 speech sample along (.cache/tests/pyannote-sample.wav, see benchmarks/README.md).

@@ -1,8 +1,8 @@
 """What one 10-minute request costs the GPU with the real AF3 shapes, next to what vLLM's
 built-in AF3 spends on the CPU of its API process for the same request.
 
-The lent GPU machines have torch and transformers but no vLLM, so the serving path
-itself cannot run there. This times its parts with random weights in bfloat16:
+It needs only torch and transformers, no vLLM, so it does not run the serving path
+itself: it times its parts with random weights in bfloat16:
 our log-mel on the device, the Whisper-large-v3-shaped encoder over 20 full windows
 (transformers' WhisperEncoder: the same matmuls as ours on full windows), and the
 Qwen2.5-7B prefill of a 15,040-token prompt (transformers' Qwen2 with SDPA; vLLM's

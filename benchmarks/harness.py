@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import shlex
 import socket
 import statistics
@@ -37,8 +38,8 @@ CHECKPOINTS = ROOT / ".cache" / "bench-checkpoints"
 
 def model_executor(module: str) -> ModuleType:
     """`af3_model_executor.<module>`, from the installed package or, where af3-serve is not
-    installed (the lent GPU machines have torch and transformers only), from this
-    checkout's model_executor/. The package itself imports nothing heavy (vLLM only when
+    installed (a GPU host with only torch and transformers), from this checkout's
+    model_executor/. The package itself imports nothing heavy (vLLM only when
     its plugin registers), so modules without vLLM imports load without vLLM."""
     if importlib.util.find_spec("af3_model_executor") is None:
         folder = ROOT / "model_executor"
@@ -111,6 +112,11 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def model_class(self) -> str:
+        """The log line naming the model class the engine resolved: which AF3 it serves."""
+        match = re.search(r"[^\n]*(Resolved architecture|model class)[^\n]*", self.log_text())
+        return match.group(0).strip()[-300:] if match else "(not found in log)"
 
     def wait_healthy(self, timeout_s: float = 600) -> "Server":
         """Wait until GET /health answers 200; else stop it and raise with its log's end."""

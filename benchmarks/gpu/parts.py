@@ -1,21 +1,26 @@
-"""One .tar.xz stream split into parts of a fixed size, each with its sha256, and back.
+"""A folder as one tar stream (optionally xz-compressed) cut into parts of a chosen size,
+each with its sha256, and back.
 
-Standard library only: the device machine runs `unpack` with the image's Python before
-anything is installed. The archive is deterministic (sorted entries, fixed owner and
-times), so the same folder gives the same checksums.
+Standard library only, so that the target host can verify and unpack a bundle with
+nothing installed (the bundle carries a copy of this file):
+
+    python3 parts.py verify manifest.json .
+    python3 parts.py unpack manifest.json . INTO
+
+The archive is deterministic (sorted entries, fixed owner and times): the same folder
+gives the same checksums.
 """
 
 import hashlib
 import io
 import json
 import lzma
-import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 MIB = 1 << 20
-FORMAT = "af3-gpu-carry/1"
+FORMAT = "af3-bundle/1"
 
 
 class PartWriter(io.RawIOBase):
@@ -36,14 +41,6 @@ class PartWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def _next_part(self) -> None:
-        self._finish_part()
-        name = f"{self.name}.part-{len(self.parts):02d}"
-        self._file = (self.folder / name).open("wb")
-        self._hash = hashlib.sha256()
-        self._left = self.part_size
-        self.parts.append({"name": name, "size": 0, "sha256": None})
-
     def _finish_part(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -55,7 +52,11 @@ class PartWriter(io.RawIOBase):
         written = 0
         while written < len(view):
             if self._file is None or self._left == 0:
-                self._next_part()
+                self._finish_part()
+                name = f"{self.name}.part-{len(self.parts):02d}"
+                self._file = (self.folder / name).open("wb")
+                self._hash, self._left = hashlib.sha256(), self.part_size
+                self.parts.append({"name": name, "size": 0, "sha256": None})
             chunk = view[written : written + self._left]
             self._file.write(chunk)
             self._hash.update(chunk)
@@ -80,31 +81,39 @@ def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def write_archive(
-    source: Path, folder: Path, stem: str, part_size: int, preset: int = 9, arcname: str = "site"
+    source: Path,
+    folder: Path,
+    stem: str,
+    part_size: int,
+    preset: int | None = None,
+    arcname: str = "site",
 ) -> dict:
-    """`source` as `arcname/...` in one .tar.xz stream, `<stem>.tar.xz`, cut into parts
-    `<stem>.tar.xz.part-NN` in `folder`. Returns the archive's description for the
-    manifest."""
+    """`source` as `arcname/...` in one tar stream, xz-compressed at `preset` (None: not
+    compressed: wheels are zip files already), cut into parts `<name>.part-NN` in
+    `folder`. Returns the archive's description for the manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob(f"{stem}.tar.xz.part-*"):
+    name = f"{stem}.tar" + ("" if preset is None else ".xz")
+    for old in folder.glob(f"{name}.part-*"):
         old.unlink()
-    writer = PartWriter(folder, f"{stem}.tar.xz", part_size)
+    writer = PartWriter(folder, name, part_size)
+    stream = writer if preset is None else lzma.LZMAFile(writer, "w", preset=preset)
     unpacked = files = 0
-    with lzma.LZMAFile(writer, "w", format=lzma.FORMAT_XZ, preset=preset) as xz:
-        with tarfile.open(fileobj=xz, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for path in [source, *sorted(source.rglob("*"))]:
-                name = arcname if path == source else f"{arcname}/{path.relative_to(source)}"
-                info = _reset(tar.gettarinfo(str(path), arcname=name))
-                if info.isfile():
-                    with path.open("rb") as f:
-                        tar.addfile(info, f)
-                    unpacked += info.size
-                    files += 1
-                else:
-                    tar.addfile(info)
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for path in [source, *sorted(source.rglob("*"))]:
+            entry = arcname if path == source else f"{arcname}/{path.relative_to(source)}"
+            info = _reset(tar.gettarinfo(str(path), arcname=entry))
+            if info.isfile():
+                with path.open("rb") as f:
+                    tar.addfile(info, f)
+                unpacked += info.size
+                files += 1
+            else:
+                tar.addfile(info)
+    if stream is not writer:
+        stream.close()
     writer.close()
     return {
-        "name": f"{stem}.tar.xz",
+        "name": name,
         "size": writer.size,
         "sha256": writer.whole.hexdigest(),
         "xz_preset": preset,
@@ -116,7 +125,12 @@ def write_archive(
     }
 
 
-class CarryError(RuntimeError):
+def sha256sums(archive: dict) -> str:
+    """The parts' checksums in `sha256sum -c`'s format."""
+    return "".join(f"{p['sha256']}  {p['name']}\n" for p in archive["parts"])
+
+
+class PartsError(RuntimeError):
     """A part is missing or does not match its checksum."""
 
 
@@ -126,19 +140,19 @@ def verify_parts(archive: dict, folder: Path) -> None:
     for part in archive["parts"]:
         path = folder / part["name"]
         if not path.exists():
-            raise CarryError(f"missing part {part['name']} in {folder}")
+            raise PartsError(f"missing part {part['name']} in {folder}")
         digest = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(MIB), b""):
                 digest.update(block)
                 whole.update(block)
         if path.stat().st_size != part["size"] or digest.hexdigest() != part["sha256"]:
-            raise CarryError(
+            raise PartsError(
                 f"part {part['name']}: {path.stat().st_size} bytes, sha256 {digest.hexdigest()}; "
                 f"the manifest says {part['size']} bytes, {part['sha256']}"
             )
     if whole.hexdigest() != archive["sha256"]:
-        raise CarryError(
+        raise PartsError(
             f"the joined parts' sha256 is {whole.hexdigest()}, not {archive['sha256']}"
         )
 
@@ -167,14 +181,14 @@ class _Joined(io.RawIOBase):
             self._file = None
 
 
-def extract_parts(archive: dict, folder: Path, into: Path, verify: bool = True) -> Path:
-    """Verify (unless told not to), then unpack the archive under `into`; returns
-    `into/<root>`."""
-    if verify:
-        verify_parts(archive, folder)
+def extract_parts(archive: dict, folder: Path, into: Path) -> Path:
+    """Verify, then unpack the archive under `into`; returns `into/<root>`."""
+    verify_parts(archive, folder)
     into.mkdir(parents=True, exist_ok=True)
-    joined = io.BufferedReader(_Joined([folder / p["name"] for p in archive["parts"]]), MIB)
-    with lzma.LZMAFile(joined, "r") as xz, tarfile.open(fileobj=xz, mode="r|") as tar:
+    stream = io.BufferedReader(_Joined([folder / p["name"] for p in archive["parts"]]), MIB)
+    if archive["xz_preset"] is not None:
+        stream = lzma.LZMAFile(stream, "r")
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(into, filter="data")
         else:  # Python before 3.11.4: the archive is ours, written by write_archive
@@ -182,69 +196,15 @@ def extract_parts(archive: dict, folder: Path, into: Path, verify: bool = True) 
     return into / archive["root"]
 
 
-def call_plan(
-    parts: list[dict],
-    tree_bytes: int,
-    fixed: list[dict],
-    limit_bytes: int = 64 * MIB,
-    max_paths: int = 8,
-) -> list[list[str]]:
-    """Which parts travel in which `run` call: every call carries the working tree
-    (`tree_bytes`) and the `fixed` paths (the manifest), then as many parts, in order, as
-    fit under `limit_bytes` and `max_paths`. Raises if one part cannot travel at all."""
-    base = tree_bytes + sum(f["size"] for f in fixed)
-    calls: list[list[str]] = []
-    current: list[str] = []
-    used = base
-    for part in parts:
-        if base + part["size"] > limit_bytes or len(fixed) + 1 > max_paths:
-            raise CarryError(
-                f"{part['name']} ({part['size'] / MIB:.1f} MiB) cannot travel: the tree and "
-                f"the fixed paths take {base / MIB:.1f} of {limit_bytes / MIB:.0f} MiB"
-            )
-        if current and (
-            used + part["size"] > limit_bytes or len(fixed) + len(current) >= max_paths
-        ):
-            calls.append(current)
-            current, used = [], base
-        current.append(part["name"])
-        used += part["size"]
-    if current:
-        calls.append(current)
-    return calls
-
-
-def tree_bytes(root: Path) -> int:
-    """What a `run` call sends besides `carry`: tracked files and untracked ones git does
-    not ignore, and shared/ where the checkout has one."""
-    import subprocess
-
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "-co", "--exclude-standard"],
-        cwd=root,
-        capture_output=True,
-        check=True,
-    ).stdout
-    total = 0
-    for name in out.decode().split("\0"):
-        path = root / name
-        if name and path.is_file() and not path.is_symlink():
-            total += path.stat().st_size
-    shared = root / "shared"
-    if shared.is_dir():
-        total += sum(p.stat().st_size for p in shared.rglob("*") if p.is_file())
-    return total
-
-
 def load_manifest(path: Path) -> dict:
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
-        raise CarryError(f"{path} is not an {FORMAT} manifest")
+        raise PartsError(f"{path} is not an {FORMAT} manifest")
     return manifest
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m benchmarks.gpu.parts verify|unpack MANIFEST PARTS_DIR [INTO]`."""
+    """`python3 parts.py verify|unpack MANIFEST PARTS_DIR [INTO]`."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -257,13 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.action == "verify":
         verify_parts(archive, args.parts_dir)
         print(f"{len(archive['parts'])} parts verified ({archive['size'] / MIB:.1f} MiB)")
+    elif args.into is None:
+        parser.error("unpack needs INTO")
     else:
-        if args.into is None:
-            parser.error("unpack needs INTO")
         root = extract_parts(archive, args.parts_dir, args.into)
         print(f"unpacked {archive['files']} files into {root}")
 
 
 if __name__ == "__main__":
-    os.umask(0o022)
     main()
