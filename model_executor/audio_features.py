@@ -55,7 +55,7 @@ class AudioSpec:
 
     @property
     def max_windows(self) -> int:
-        return self.max_audio_seconds // self.window_seconds
+        return int(self.max_audio_seconds // self.window_seconds)  # a lowered limit may be a float
 
     @property
     def max_samples(self) -> int:
