@@ -24,7 +24,6 @@ from benchmarks.harness import (
     ENGINE,
     bench_checkpoint,
     command_line,
-    free_port,
     launch_af3_serve,
     machine,
     write_result,
@@ -49,7 +48,7 @@ def health(url: str) -> int | None:
 
 
 def one_round(checkpoint: Path, workdir: Path, i: int, env: dict[str, str]) -> dict[str, float]:
-    args = ["--cache-dir", str(workdir / "cache"), "--port", str(free_port()), *ENGINE]
+    args = ["--cache-dir", str(workdir / "cache"), *ENGINE]
     started = time.perf_counter()
     server = launch_af3_serve(checkpoint, workdir / f"af3-serve-{i}.log", *args, env=env)
     server.wait_healthy(timeout_s=600)
