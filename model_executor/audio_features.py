@@ -108,7 +108,7 @@ class AudioSpec:
                 f"({self.max_windows} windows of {self.window_seconds} s).",
                 code="audio_too_long",
             )
-        if self.num_audio_tokens(num_samples) == 0:
+        if num_samples < self.min_samples:  # only a first window can yield no token
             min_ms = self.min_samples / self.sampling_rate * 1000
             return AudioLengthError(
                 f"Audio is {seconds * 1000:.1f} ms long; the minimum is {self.min_samples} "
@@ -173,7 +173,7 @@ class LogMel(torch.nn.Module):
         frame_counts: list[int] = []
         for audio in audios:
             counts = self.spec.window_frame_counts(audio.numel())
-            audio = audio[: self.spec.encoded_samples(audio.numel())]
+            audio = audio[: len(counts) * self.spec.window_samples]  # a tokenless tail dropped
             audio = audio.to(self.window.device, torch.float32)
             padded_len = len(counts) * self.spec.window_samples
             padded = torch.nn.functional.pad(audio, (0, padded_len - audio.numel()))
