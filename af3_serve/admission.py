@@ -7,6 +7,35 @@ from dataclasses import dataclass
 from af3_serve import metrics
 from af3_serve.edge.errors import APIError
 
+# Why a request is refused (the metric's reason label) -> status, message, code, retry-after.
+REFUSALS = {
+    "too_many_pending": (
+        503,
+        "The server is at capacity; retry shortly.",
+        "server_overloaded",
+        1,
+    ),
+    "too_many_pending_for_client": (
+        429,
+        "Too many requests in flight for this API key; retry shortly.",
+        "rate_limit_exceeded",
+        1,
+    ),
+    "audio_backlog": (
+        503,
+        "Too much audio is queued on this server; retry shortly.",
+        "server_overloaded",
+        5,
+    ),
+}
+
+
+def refuse(reason: str) -> APIError:
+    """The refusal for `reason`, counted in the metrics."""
+    metrics.REJECTED.labels(reason).inc()
+    status, message, code, retry_after = REFUSALS[reason]
+    return APIError(status, message, code=code, retry_after=retry_after)
+
 
 @dataclass
 class Ticket:
@@ -26,21 +55,9 @@ class Admission:
 
     def admit(self, client: str) -> Ticket:
         if self.pending >= self.max_pending:
-            metrics.REJECTED.labels("too_many_pending").inc()
-            raise APIError(
-                503,
-                "The server is at capacity; retry shortly.",
-                code="server_overloaded",
-                retry_after=1,
-            )
+            raise refuse("too_many_pending")
         if self.per_client.get(client, 0) >= self.max_pending_per_client:
-            metrics.REJECTED.labels("too_many_pending_for_client").inc()
-            raise APIError(
-                429,
-                "Too many requests in flight for this API key; retry shortly.",
-                code="rate_limit_exceeded",
-                retry_after=1,
-            )
+            raise refuse("too_many_pending_for_client")
         self.pending += 1
         self.per_client[client] = self.per_client.get(client, 0) + 1
         metrics.IN_FLIGHT.inc()
@@ -48,13 +65,7 @@ class Admission:
 
     def reserve_audio(self, ticket: Ticket, seconds: float) -> None:
         if self.queued_audio_s + seconds > self.max_queued_audio_s:
-            metrics.REJECTED.labels("audio_backlog").inc()
-            raise APIError(
-                503,
-                "Too much audio is queued on this server; retry shortly.",
-                code="server_overloaded",
-                retry_after=5,
-            )
+            raise refuse("audio_backlog")
         self.queued_audio_s += seconds
         ticket.audio_seconds += seconds
 

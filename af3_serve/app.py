@@ -5,7 +5,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 
 import vllm
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
@@ -79,7 +78,7 @@ def _lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if (Path(files.model_dir) / "AF3_TINY_CHECKPOINT.json").exists():
+        if files.is_tiny:
             logger.warning(
                 "%s holds RANDOM weights from af3-tiny-checkpoint: answers are "
                 "noise; use it to try the API, not the model",

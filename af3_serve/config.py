@@ -28,7 +28,7 @@ API_KEY_ENV = "AF3_API_KEY"
 
 # Our engine defaults. Those that depend on the audio length (context, batched tokens,
 # encoder cache) are not here: left unset on the command line, `engine.py` sets them from the
-# longest audio the checkpoint and --max-audio-seconds allow (`audio_length_defaults`).
+# longest audio the checkpoint and --max-audio-seconds allow (`AudioSpec.engine_sizes`).
 ENGINE_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL,
     "max_num_seqs": 64,
@@ -51,26 +51,6 @@ REFUSED_ENGINE_FLAGS = {
 
 class SettingsError(ValueError):
     """A flag or combination of flags af3-serve cannot serve; the message says why."""
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def audio_length_defaults(audio_tokens: int, decoder_positions: int) -> dict[str, int]:
-    """Engine settings for prompts whose longest audio is `audio_tokens` placeholders (25 a
-    second): AF3's 600 s (15,000) gives 32,768 / 16,384 / 60,000, AF-Next's 1800 s
-    (45,002 with its two span tokens) 65,536 / 49,152 / 180,008. Never below AF3's."""
-    context = max(32768, 1 << (audio_tokens + 4096 - 1).bit_length())
-    return {
-        # The audio with room for the conversation and the answer, within the decoder's
-        # positions.
-        "max_model_len": min(decoder_positions, context),
-        # The longest audio's prompt prefills in one step.
-        "max_num_batched_tokens": max(16384, _round_up(audio_tokens + 1024, 8192)),
-        # Four such audios' embeddings held between prefill steps.
-        "encoder_cache_tokens": max(4 * 15000, 4 * audio_tokens),
-    }
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 model files, and its start."""
 
 import dataclasses
+from pathlib import Path
 from typing import Any, get_args
 
 from vllm.config import VllmConfig
@@ -13,9 +14,10 @@ from vllm.usage.usage_lib import UsageContext
 from vllm.v1.engine.async_llm import AsyncLLM
 
 from af3_model_executor import HF_OVERRIDES
+from af3_model_executor.constants import MAX_AUDIOS_PER_PROMPT
 from af3_model_executor.think_adapter import THINK_PROJECTOR_CONFIG_KEY
-from af3_serve.config import ServerConfig, SettingsError, audio_length_defaults
-from af3_serve.model_files import ModelFiles
+from af3_serve.config import DEFAULT_CACHE_DIR, ServerConfig, SettingsError
+from af3_serve.model_files import ModelFiles, resolve_model_files
 
 USAGE = UsageContext.OPENAI_API_SERVER
 
@@ -54,31 +56,50 @@ def model_engine_args(files: ModelFiles, args: AsyncEngineArgs | None = None) ->
     }
 
 
-def engine_defaults(files: ModelFiles, max_audio_seconds: float | None = None) -> dict[str, int]:
-    """The settings that follow the longest audio served (default: the checkpoint's limit):
-    context, batched tokens and encoder cache, as `config.audio_length_defaults` sizes them
-    for its placeholders."""
-    seconds = max_audio_seconds or files.audio.max_audio_seconds
-    tokens = dataclasses.replace(files.audio, max_audio_seconds=seconds).max_audio_tokens
-    if files.family.audio_span_tokens:
-        tokens += 2  # <|sound_bos|> and <|sound_eos|>
-    return audio_length_defaults(tokens, files.decoder_positions)
+def engine_kwargs(
+    files: ModelFiles,
+    args: AsyncEngineArgs | None = None,
+    max_audio_seconds: float | None = None,
+    max_audios: int = MAX_AUDIOS_PER_PROMPT,
+) -> dict[str, Any]:
+    """What our model needs of vLLM's engine, for the server, af3-infer, the tests' offline
+    engines and the benchmarks alike (`LLM(**kwargs)`, `EngineArgs(**kwargs)`): the prepared
+    files, our architecture (and the thinking LoRA), the audios per prompt, and the sizes for
+    the longest audio served (default: the checkpoint's limit), as `AudioSpec.engine_sizes`
+    gives them. `args`: the user's engine flags, whose LoRA settings are kept when they fit."""
+    sizes = files.audio.limited(max_audio_seconds).engine_sizes(files.decoder_positions)
+    return {
+        "model": files.model_dir,
+        **model_engine_args(files, args),
+        "limit_mm_per_prompt": {"audio": max_audios},
+        "max_model_len": sizes["max_model_len"],
+        "max_num_batched_tokens": sizes["max_num_batched_tokens"],
+    }
+
+
+def offline_engine_kwargs(checkpoint: str | Path, **overrides: Any) -> dict[str, Any]:
+    """`engine_kwargs` of a local checkpoint without its thinking adapter, eager and seeded,
+    for the offline engines of the tests and benchmarks; `overrides` win
+    (`hf_overrides={}` runs vLLM's built-in model on the same sizes)."""
+    files = resolve_model_files(str(checkpoint), "none", DEFAULT_CACHE_DIR)
+    return engine_kwargs(files) | {"enforce_eager": True, "seed": 0} | overrides
 
 
 def engine_args(config: ServerConfig, files: ModelFiles) -> AsyncEngineArgs:
-    """The user's engine flags, pointed at the prepared files, with what our model needs
-    and, where the user set none, the defaults for the longest audio."""
+    """The user's engine flags with what our model needs and, where the user set none, the
+    sizes for the longest audio served."""
     args = config.engine_args
-    defaults = engine_defaults(files, config.audio_seconds_limit(files.audio.max_audio_seconds))
+    limit = config.audio_seconds_limit(files.audio.max_audio_seconds)
+    ours = engine_kwargs(files, args, limit, config.max_audios_per_request)
     return dataclasses.replace(
         args,
-        model=files.model_dir,
+        **ours
+        | {
+            "max_model_len": args.max_model_len or ours["max_model_len"],
+            "max_num_batched_tokens": args.max_num_batched_tokens or ours["max_num_batched_tokens"],
+        },
         served_model_name=[config.served_model_name],
-        **model_engine_args(files, args),
-        limit_mm_per_prompt={"audio": config.max_audios_per_request},
         disable_log_stats=False,
-        max_model_len=args.max_model_len or defaults["max_model_len"],
-        max_num_batched_tokens=args.max_num_batched_tokens or defaults["max_num_batched_tokens"],
     )
 
 
@@ -89,7 +110,10 @@ def build_vllm_config(config: ServerConfig, files: ModelFiles) -> VllmConfig:
     # long audio cannot start its prefill until the first has finished; hold several.
     limit = config.audio_seconds_limit(files.audio.max_audio_seconds)
     cache_tokens = (
-        config.encoder_cache_tokens or engine_defaults(files, limit)["encoder_cache_tokens"]
+        config.encoder_cache_tokens
+        or (
+            files.audio.limited(limit).engine_sizes(files.decoder_positions)["encoder_cache_tokens"]
+        )
     )
     scheduler = vllm_config.scheduler_config
     scheduler.encoder_cache_size = max(scheduler.encoder_cache_size, cache_tokens)

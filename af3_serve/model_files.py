@@ -8,7 +8,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.audio_spec import AudioSpec
+from af3_model_executor.constants import DEFAULT_DECODER_POSITIONS, TINY_CHECKPOINT_MARKER
 from af3_model_executor.families import (
     AF3,
     Family,
@@ -38,7 +39,13 @@ class ModelFiles:
     think: ThinkAdapter | None
     family: Family = AF3
     audio: AudioSpec = field(default_factory=AudioSpec)  # its processor config and limit
-    decoder_positions: int = 32768  # the decoder's max_position_embeddings
+
+    @property
+    def is_tiny(self) -> bool:
+        """A random-weight checkpoint from af3-tiny-checkpoint (its answers are noise)."""
+        return (Path(self.model_dir) / TINY_CHECKPOINT_MARKER).exists()
+
+    decoder_positions: int = DEFAULT_DECODER_POSITIONS  # max_position_embeddings
 
 
 def _local_folder(model: str) -> Path:
@@ -64,7 +71,7 @@ def _checkpoint(model_dir: Path) -> dict:
     end and limit (processor_config.json), its decoder's positions."""
     family = checkpoint_family(model_dir)
     text_config = json.loads((model_dir / "config.json").read_text()).get("text_config", {})
-    positions = text_config.get("max_position_embeddings", ModelFiles.decoder_positions)
+    positions = text_config.get("max_position_embeddings", DEFAULT_DECODER_POSITIONS)
     return {
         "family": family,
         "audio": AudioSpec.from_pretrained(str(model_dir)),

@@ -12,7 +12,8 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from af3_model_executor.audio_features import AudioSpec, LogMel
+from af3_model_executor.audio_features import LogMel
+from af3_model_executor.audio_spec import AudioSpec
 from af3_model_executor.testing.tiny_checkpoint import PRESETS
 from benchmarks import harness
 

@@ -29,26 +29,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from af3_model_executor import HF_OVERRIDES
 from benchmarks import harness
 
 
-def load_model(checkpoint: Path, dtype: str, hf_overrides: dict | None) -> tuple:
-    """The whole model, built and loaded as a vLLM worker does (minus the accelerator
-    cache flush, which fails outside a worker on CPU), and its config."""
+def load_model(checkpoint: Path, dtype: str, ours: bool = True) -> tuple:
+    """The whole model (ours, or vLLM's built-in), built and loaded as a vLLM worker does
+    (minus the accelerator cache flush, which fails outside a worker on CPU), and its
+    config."""
     from vllm.config import set_current_vllm_config
     from vllm.engine.arg_utils import EngineArgs
     from vllm.model_executor.model_loader import get_model_loader
     from vllm.model_executor.model_loader.utils import process_weights_after_loading
     from vllm.utils.torch_utils import set_default_torch_dtype
 
-    args = EngineArgs(
-        model=str(checkpoint),
-        dtype=dtype,
-        hf_overrides=hf_overrides or {},
-        enforce_eager=True,
-        max_model_len=16384,
-    )
+    from af3_serve.engine import offline_engine_kwargs
+
+    builtin = {} if ours else {"hf_overrides": {}}
+    args = EngineArgs(**offline_engine_kwargs(checkpoint, dtype=dtype, **builtin))
     vllm_config = args.create_engine_config()
     model_config = vllm_config.model_config
     loader = get_model_loader(vllm_config.load_config)
@@ -108,11 +105,11 @@ def run(
     from transformers import AutoProcessor
     from vllm.config import set_current_vllm_config
 
-    ours, vllm_config = load_model(checkpoint, dtype, HF_OVERRIDES)
+    ours, vllm_config = load_model(checkpoint, dtype)
     torch_dtype = ours.audio_tower.conv1.weight.dtype
     rotary_time = getattr(ours, "rotary_time", None)
     if rotary_time is None:
-        upstream, _ = load_model(checkpoint, dtype, None)
+        upstream, _ = load_model(checkpoint, dtype, ours=False)
     else:
         upstream = HFMusicFlamingo(checkpoint, torch_dtype)
     hf_processor = AutoProcessor.from_pretrained(checkpoint)

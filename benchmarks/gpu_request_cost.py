@@ -20,18 +20,18 @@ import platform
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2Model, WhisperConfig, WhisperFeatureExtractor
+from transformers import Qwen2Config, Qwen2Model, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from benchmarks import harness
 
-SECONDS = 600.0
-PROMPT_TOKENS = 15040  # 15,000 audio tokens and the chat template around them
+SECONDS = harness.LONGEST_AUDIO_SECONDS
+PROMPT_TOKENS = harness.AF3_AUDIO.max_prompt_tokens + harness.TEMPLATE_TOKENS
 
 
 def time_encoder(mel: torch.Tensor, device: torch.device) -> float:
     config = WhisperConfig(
-        num_mel_bins=128,
+        num_mel_bins=harness.AF3_AUDIO.num_mel_bins,
         d_model=1280,
         encoder_layers=32,
         encoder_attention_heads=20,
@@ -52,7 +52,7 @@ def time_prefill(device: torch.device) -> float:
         num_attention_heads=28,
         num_key_value_heads=4,
         vocab_size=151672,
-        max_position_embeddings=32768,
+        max_position_embeddings=harness.CONSTANTS.DEFAULT_DECODER_POSITIONS,
         rope_theta=1000000.0,
     )
     config._attn_implementation = "sdpa"
@@ -71,8 +71,7 @@ def main() -> None:
     audio = harness.speech_clip(SECONDS)
     rows: dict[str, float] = {}
 
-    af = harness.model_executor("audio_features")
-    log_mel = af.LogMel(af.AudioSpec()).to(device)  # AF3's settings are the defaults
+    log_mel = harness.model_executor("audio_features").LogMel(harness.AF3_AUDIO).to(device)
     pcm = torch.from_numpy(audio)
     windows, _ = log_mel.split_windows([pcm.to(device)])
     rows["log_mel_gpu_s"] = harness.time_it(
@@ -86,7 +85,7 @@ def main() -> None:
     torch.set_default_dtype(torch.float32)
 
     torch.set_num_threads(1)  # vLLM's renderer runs the HF processor on one thread
-    extractor = WhisperFeatureExtractor(feature_size=128, chunk_length=30)
+    extractor = harness.AF3_AUDIO.feature_extractor()
     windows_np = [audio[i : i + 480000] for i in range(0, audio.size, 480000)]
     rows["hf_feature_extractor_cpu_1_thread_s"] = harness.time_it(  # one cold run
         lambda: extractor(

@@ -54,22 +54,29 @@ def model_executor(module: str) -> ModuleType:
 
 CONSTANTS = model_executor("constants")
 SAMPLE_RATE = CONSTANTS.SAMPLE_RATE
+AF3_AUDIO = model_executor("audio_spec").AudioSpec()
 # The longest AF3 audio: what the per-request costs are measured on.
-LONGEST_AUDIO_SECONDS = CONSTANTS.MAX_AUDIO_SECONDS
+LONGEST_AUDIO_SECONDS = AF3_AUDIO.max_audio_seconds
+# AF3's chat template around one audio and a short question, in prompt tokens.
+TEMPLATE_TOKENS = 40
 
 # Servers -------------------------------------------------------------------------------
 
 MODEL = CONSTANTS.DEFAULT_SERVED_MODEL_NAME
-# One engine setting for both servers: the 10-min audio prompt prefills in one step.
-ENGINE = (
-    "--max-model-len",
-    "32768",
-    "--max-num-batched-tokens",
-    "16384",
-    "--dtype",
-    "float32",
-    "--enforce-eager",
-)
+
+
+def engine_size_flags(spec: Any = AF3_AUDIO) -> tuple[str, ...]:
+    """af3-serve's sizes for a checkpoint's longest audio (`AudioSpec.engine_sizes`), as
+    flags, so that `vllm serve` runs on the same ones."""
+    sizes = spec.engine_sizes(CONSTANTS.DEFAULT_DECODER_POSITIONS)
+    return (
+        *("--max-model-len", str(sizes["max_model_len"])),
+        *("--max-num-batched-tokens", str(sizes["max_num_batched_tokens"])),
+    )
+
+
+# One engine setting for both servers: AF3's 10-min audio prompt prefills in one step.
+ENGINE = (*engine_size_flags(), "--dtype", "float32", "--enforce-eager")
 # `vllm serve` with this environment runs vLLM's built-in AF3: the allowlist names no
 # plugin, so ours is not loaded (its log names the model class it resolved).
 UPSTREAM_ENV = {"VLLM_PLUGINS": "none-of-ours"}

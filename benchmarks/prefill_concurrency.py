@@ -16,7 +16,6 @@ defaults af3-serve derives from the checkpoint (one longest prompt a step).
 import argparse
 import asyncio
 import base64
-import json
 import os
 import re
 import time
@@ -103,12 +102,13 @@ def main() -> None:
     args = parser.parse_args()
 
     checkpoint = harness.bench_checkpoint("bench", family=args.family)
-    processor = json.loads((checkpoint / "processor_config.json").read_text())
-    seconds = float(processor.get("max_audio_len", 600))  # the checkpoint's limit
+    spec = harness.model_executor("audio_spec").AudioSpec.from_pretrained(str(checkpoint))
+    seconds = float(spec.max_audio_seconds)  # the checkpoint's limit
     if args.family == "af3":
-        budget = args.audios * 15040  # prompt tokens of a 600-s clip with its chat template
-        engine = ("--max-model-len", "32768", "--max-num-batched-tokens", str(budget))
-        engine += ("--encoder-cache-tokens", str(args.audios * 15000))
+        # Prompt tokens of the longest clips with their chat template, all in one step.
+        budget = args.audios * (spec.max_prompt_tokens + harness.TEMPLATE_TOKENS)
+        engine = (*harness.engine_size_flags(spec)[:2], "--max-num-batched-tokens", str(budget))
+        engine += ("--encoder-cache-tokens", str(args.audios * spec.max_audio_tokens))
     else:
         budget, engine = None, ()  # af3-serve's defaults for the checkpoint's longest audio
     server = harness.launch_af3_serve(
@@ -174,7 +174,8 @@ def main() -> None:
     }
     if args.family == "af3":
         result["largest_step_tokens_at_least"] = largest_step_at_least
-        result["prompts_in_largest_step_at_least"] = -(-largest_step_at_least // 15040)
+        prompt = spec.max_prompt_tokens + harness.TEMPLATE_TOKENS
+        result["prompts_in_largest_step_at_least"] = -(-largest_step_at_least // prompt)
     harness.write_result(args.out, result)
 
 

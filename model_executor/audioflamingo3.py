@@ -27,7 +27,8 @@ from vllm.model_executor.models.utils import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.sequence import IntermediateTensors
 
-from af3_model_executor.audio_features import AudioSpec, LogMel
+from af3_model_executor.audio_features import LogMel
+from af3_model_executor.audio_spec import AudioSpec
 from af3_model_executor.constants import AUDIO_TOKEN
 from af3_model_executor.encoder import AF3AudioEncoder, AF3Projector
 from af3_model_executor.families import family_of

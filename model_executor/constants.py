@@ -36,6 +36,12 @@ AUDIO_EOS_TOKEN = "<|sound_eos|>"
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30
 
-# AF3's longest audio (20 windows, 15,000 audio tokens) and our audios per prompt.
-MAX_AUDIO_SECONDS = 600
+# Audios per prompt when the operator sets no limit. A family's longest audio is its
+# `families.Family.max_audio_seconds` (or its processor config's).
 MAX_AUDIOS_PER_PROMPT = 8
+
+# Qwen2.5-7B's positions: the decoder's max_position_embeddings where config.json sets none.
+DEFAULT_DECODER_POSITIONS = 32768
+
+# The file af3-tiny-checkpoint writes into a random-weight checkpoint (the server warns).
+TINY_CHECKPOINT_MARKER = "AF3_TINY_CHECKPOINT.json"

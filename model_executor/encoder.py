@@ -25,7 +25,7 @@ from vllm.model_executor.models.whisper import (
     _create_fake_bias_for_k_proj,
 )
 
-from af3_model_executor.audio_features import positions_after_conv
+from af3_model_executor.audio_spec import positions_after_conv
 
 # Official names -> vLLM's fused qkv_proj and nested mlp of WhisperEncoderLayer.
 _ENCODER_LAYER_MAPPER = WeightsMapper(

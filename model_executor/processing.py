@@ -26,14 +26,13 @@ from vllm.multimodal.processing import (
     PromptUpdateDetails,
 )
 
-from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.audio_spec import AudioSpec
 from af3_model_executor.constants import (
     AUDIO_BOS_TOKEN,
     AUDIO_EOS_TOKEN,
     AUDIO_TOKEN,
     MAX_AUDIOS_PER_PROMPT,
 )
-from af3_model_executor.families import family_of
 from af3_model_executor.think_adapter import AUDIO_VARIANT_KWARG, AUDIO_VARIANTS
 
 
@@ -63,8 +62,7 @@ class AF3ProcessingInfo(BaseProcessingInfo):
     def get_mm_max_tokens_per_item(
         self, seq_len: int, mm_counts: Mapping[str, int]
     ) -> Mapping[str, int]:
-        spec = self.audio_spec
-        return {"audio": spec.num_audio_tokens(spec.max_samples)}
+        return {"audio": self.audio_spec.max_audio_tokens}
 
     def audio_token_id(self) -> int:
         return self.get_hf_config().audio_token_id
@@ -73,7 +71,7 @@ class AF3ProcessingInfo(BaseProcessingInfo):
     def audio_span_token_ids(self) -> tuple[int, int] | None:
         """The tokens around each audio's placeholders (MusicFlamingo), the ids HF's
         processor writes: the tokenizer's for `<|sound_bos|>` and `<|sound_eos|>`."""
-        if not family_of(self.get_hf_config()).audio_span_tokens:
+        if not self.audio_spec.audio_span_tokens:
             return None
         tokenizer = self.get_tokenizer()
         return tuple(tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN))

@@ -8,14 +8,10 @@ from transformers import (
     AudioFlamingo3Processor,
     MusicFlamingoProcessor,
     PreTrainedTokenizerBase,
-    WhisperFeatureExtractor,
 )
 
-from af3_model_executor.constants import (
-    AUDIO_TOKEN,
-    SAMPLE_RATE,
-    WINDOW_SECONDS,
-)
+from af3_model_executor.audio_spec import AudioSpec
+from af3_model_executor.constants import AUDIO_TOKEN
 from af3_model_executor.families import AF3, Family
 
 # A Jinja expression that writes one audio's placeholder.
@@ -48,16 +44,9 @@ def save_processor(
     family: Family = AF3,
     max_audio_seconds: int | None = None,
 ) -> None:
-    """The family's processor files: Whisper features (128 mels, 30-s windows), at most
-    `max_audio_seconds` (default: the family's, 600 s for AF3)."""
-    feature_extractor = WhisperFeatureExtractor(
-        feature_size=128,
-        sampling_rate=SAMPLE_RATE,
-        hop_length=160,
-        n_fft=400,
-        chunk_length=WINDOW_SECONDS,
-        return_attention_mask=True,
-    )
+    """The family's processor files: AF-Whisper's features (`AudioSpec`'s: 128 mels,
+    30-s windows), at most `max_audio_seconds` (default: the family's, 600 s for AF3)."""
+    feature_extractor = AudioSpec().feature_extractor(return_attention_mask=True)
     processor_class = AudioFlamingo3Processor if family is AF3 else MusicFlamingoProcessor
     processor = processor_class(
         feature_extractor=feature_extractor,

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-from af3_model_executor.audio_features import AudioSpec, tokens_after_pooling
+from af3_model_executor.audio_spec import AudioSpec, tokens_after_pooling
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

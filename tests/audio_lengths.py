@@ -9,7 +9,7 @@ import numpy as np
 import openai
 from transformers import AutoProcessor
 
-from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.audio_spec import AudioSpec
 from tests.audio_files import as_sent, audio_part, encode
 from tests.oracles import chat_prompt
 from tests.server import API_KEY

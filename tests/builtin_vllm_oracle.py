@@ -14,17 +14,13 @@ def main() -> None:
 
     from af3_model_executor.constants import SAMPLE_RATE
     from af3_model_executor.inspection import model_class_name
+    from af3_serve.engine import offline_engine_kwargs
 
     checkpoint, prompt, audio_file, max_tokens = sys.argv[1:5]
     audios = list(np.load(audio_file).values())
-    llm = LLM(
-        checkpoint,
-        dtype="float32",
-        max_model_len=32768,
-        max_num_batched_tokens=32768,
-        enforce_eager=True,
-        seed=0,
-    )
+    # The sizes af3-serve would use, without our model (hf_overrides names no architecture).
+    kwargs = offline_engine_kwargs(checkpoint, dtype="float32", hf_overrides={})
+    llm = LLM(**kwargs | {"max_num_batched_tokens": kwargs["max_model_len"]})
     requests = [
         {"prompt": prompt, "multi_modal_data": {"audio": [(a, SAMPLE_RATE)]}} for a in audios
     ]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from af3_model_executor.constants import DEFAULT_MODEL
+from af3_model_executor.constants import DEFAULT_MODEL, TINY_CHECKPOINT_MARKER
 from benchmarks import harness
 
 # vLLM on CPU: a small KV cache is plenty for the tiny model.
@@ -28,7 +28,7 @@ def tiny_checkpoint() -> Path:
 
     # Named as the hub's, so that it is served under the default name, audio-flamingo-3.
     path = CACHE / PurePosixPath(DEFAULT_MODEL).name
-    if not (path / "AF3_TINY_CHECKPOINT.json").exists():
+    if not (path / TINY_CHECKPOINT_MARKER).exists():
         build_checkpoint(path, "tiny", think=True)
     return path
 
@@ -50,7 +50,7 @@ def _tiny(name: str, **kwargs) -> Path:
     from af3_model_executor.testing.tiny_checkpoint import build_checkpoint
 
     path = CACHE / name
-    if not (path / "AF3_TINY_CHECKPOINT.json").exists():
+    if not (path / TINY_CHECKPOINT_MARKER).exists():
         build_checkpoint(path, "tiny", **kwargs)
     return path
 
@@ -77,28 +77,21 @@ def make_clip(speech: np.ndarray, seconds: float) -> np.ndarray:
 @pytest.fixture(scope="session")
 def llm(tiny_checkpoint: Path) -> Iterator["object"]:
     """Our model in vLLM's offline engine, shared by every test of the session."""
-    engine = offline_engine(tiny_checkpoint, 32768)
+    engine = offline_engine(tiny_checkpoint)
     yield engine
     del engine
 
 
-def offline_engine(checkpoint: Path, context: int) -> "object":
-    """Our model (never vLLM's built-in) in vLLM's offline engine, greedy-exact in float32,
-    a whole prompt of `context` tokens prefilled in one step."""
+def offline_engine(checkpoint: Path) -> "object":
+    """Our model (never vLLM's built-in) in vLLM's offline engine with the server's sizes for
+    the checkpoint's longest audio, greedy-exact in float32, a whole prompt prefilled in one
+    step."""
     from vllm import LLM
 
-    from af3_model_executor import HF_OVERRIDES
+    from af3_serve.engine import offline_engine_kwargs
 
-    return LLM(
-        str(checkpoint),
-        hf_overrides=HF_OVERRIDES,
-        dtype="float32",
-        max_model_len=context,
-        max_num_batched_tokens=context,
-        limit_mm_per_prompt={"audio": 8},
-        enforce_eager=True,
-        seed=0,
-    )
+    kwargs = offline_engine_kwargs(checkpoint, dtype="float32")
+    return LLM(**kwargs | {"max_num_batched_tokens": kwargs["max_model_len"]})
 
 
 @pytest.fixture(scope="session")

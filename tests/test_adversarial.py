@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vllm import SamplingParams
 
-from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.audio_spec import AudioSpec
 from tests.audio_files import as_sent, encode
 from tests.audio_lengths import random_lengths
 from tests.conftest import CACHE, make_clip

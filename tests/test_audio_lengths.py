@@ -12,7 +12,7 @@ import pytest
 import torch
 from vllm import SamplingParams
 
-from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.audio_spec import AudioSpec
 from af3_model_executor.constants import SAMPLE_RATE
 from af3_model_executor.inspection import audio_embeddings
 from tests.audio_lengths import clip_of, random_lengths, sweep_lengths
@@ -33,7 +33,7 @@ class Served:
 @pytest.fixture(scope="module")
 def mf_llm(tiny_music_flamingo: Path):
     """Music Flamingo 2601 (1200 s: 30,002 audio tokens) in vLLM's offline engine."""
-    engine = offline_engine(tiny_music_flamingo, 32768)
+    engine = offline_engine(tiny_music_flamingo)
     yield engine
     del engine
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoProcessor
 
-from af3_model_executor.audio_features import AudioSpec, LogMel, tokens_after_pooling
+from af3_model_executor.audio_features import LogMel
+from af3_model_executor.audio_spec import AudioSpec, tokens_after_pooling
 from af3_model_executor.constants import AUDIO_TOKEN
 from tests.audio_lengths import random_lengths, sweep_lengths
 

@@ -26,6 +26,7 @@ from af3_model_executor.constants import (
     DEFAULT_SERVED_MODEL_NAME,
     SAMPLE_RATE,
     THINK_MODEL_SUFFIX,
+    TINY_CHECKPOINT_MARKER,
 )
 from af3_model_executor.original_layout import (
     MARKER,
@@ -101,7 +102,7 @@ def test_round_trip_gives_back_every_tensor_and_config(
         assert torch.equal(actual[key], tensor), key
     tiny_entries = {p.name for p in tiny_checkpoint.iterdir()}
     converted_entries = {p.name for p in converted.iterdir()}
-    assert converted_entries - {MARKER} == tiny_entries - {"AF3_TINY_CHECKPOINT.json"}
+    assert converted_entries - {MARKER} == tiny_entries - {TINY_CHECKPOINT_MARKER}
     for name in ("config.json", "processor_config.json", "generation_config.json"):
         assert json.loads((converted / name).read_text()) == json.loads(
             (tiny_checkpoint / name).read_text()

@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from af3_model_executor.audio_features import AudioSpec, tokens_after_pooling
+from af3_model_executor.audio_spec import AudioSpec, tokens_after_pooling
 from af3_model_executor.constants import AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, AUDIO_TOKEN
 from af3_model_executor.families import MUSIC_FLAMINGO, checkpoint_family
 from af3_model_executor.rotary_time import RotaryTimeEmbedding
 from af3_model_executor.testing.tiny_checkpoint import build_checkpoint
 from af3_model_executor.weight_names import official_name
 from af3_serve import cli
-from af3_serve.config import SettingsError, audio_length_defaults, parse_args
+from af3_serve.config import SettingsError, parse_args
 from af3_serve.engine import build_vllm_config
 from af3_serve.model_files import resolve_model_files
 from tests.audio_files import audio_part
@@ -116,9 +116,12 @@ def test_limits_and_engine_defaults_follow_the_checkpoint(
     assert config.model_config.architectures == ["AF3ServeForConditionalGeneration"]
 
 
-def test_af3_defaults_are_the_audio_length_defaults_of_ten_minutes() -> None:
-    """AF3's engine settings as they were before they followed the checkpoint."""
-    assert audio_length_defaults(AudioSpec().max_audio_tokens, 32768) == {
+def test_af3_engine_sizes_are_those_of_ten_minutes() -> None:
+    """AF3's engine settings as they were before they followed the checkpoint; a lowered
+    limit keeps them (never below AF3's)."""
+    assert AudioSpec().max_prompt_tokens == 15000
+    assert AudioSpec().limited(60).engine_sizes(32768) == AudioSpec().engine_sizes(32768)
+    assert AudioSpec().engine_sizes(32768) == {
         "max_model_len": 32768,
         "max_num_batched_tokens": 16384,
         "encoder_cache_tokens": 60000,

@@ -10,7 +10,8 @@ import pytest
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 
-from af3_model_executor.constants import MAX_AUDIO_SECONDS, SAMPLE_RATE
+from af3_model_executor.constants import SAMPLE_RATE
+from af3_model_executor.families import AF3
 from tests.conftest import make_clip
 from tests.oracles import chat_prompt
 
@@ -24,8 +25,8 @@ def generate(llm, prompt: str, audio: np.ndarray) -> list[int]:
 
 
 def test_audio_over_ten_minutes_is_refused(llm, tiny_checkpoint, speech) -> None:
-    with pytest.raises(ValueError, match=f"maximum is {MAX_AUDIO_SECONDS} s"):
-        generate(llm, chat_prompt(tiny_checkpoint), make_clip(speech, MAX_AUDIO_SECONDS + 0.5))
+    with pytest.raises(ValueError, match=f"maximum is {AF3.max_audio_seconds} s"):
+        generate(llm, chat_prompt(tiny_checkpoint), make_clip(speech, AF3.max_audio_seconds + 0.5))
 
 
 def test_audio_shorter_than_one_token_is_refused(llm, tiny_checkpoint, speech) -> None:

@@ -9,12 +9,13 @@ import torch
 from vllm import SamplingParams
 
 from af3_model_executor import ARCHITECTURE
-from af3_model_executor.constants import MAX_AUDIO_SECONDS, SAMPLE_RATE
+from af3_model_executor.constants import SAMPLE_RATE
+from af3_model_executor.families import AF3
 from af3_model_executor.inspection import audio_embeddings, model_class_name
 from tests.conftest import make_clip
 from tests.oracles import HFReference, builtin_vllm_generate, chat_prompt
 
-CLIP_SECONDS = [1.0, 7.3, 30.0, 45.0, 61.0, float(MAX_AUDIO_SECONDS)]
+CLIP_SECONDS = [1.0, 7.3, 30.0, 45.0, 61.0, float(AF3.max_audio_seconds)]
 MAX_TOKENS = 16
 
 

@@ -28,7 +28,7 @@ TOP_LOGPROBS = 5
 def next_llm(tiny_af_next: Path) -> Iterator["object"]:
     """Our model on the tiny AF-Next in vLLM's offline engine: a 30-min prompt (45,002 audio
     tokens) fits its context and prefills in one step."""
-    engine = offline_engine(tiny_af_next, 65536)
+    engine = offline_engine(tiny_af_next)
     yield engine
     del engine
 

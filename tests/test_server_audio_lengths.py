@@ -3,7 +3,7 @@ prompt-token counts and its health intact: clips a few samples past 30-s window 
 (whose last window yields no audio token or one), a transcription ending that way, and
 random lengths. The same for Music Flamingo in tests/test_musicflamingo_server.py."""
 
-from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.audio_spec import AudioSpec
 from tests.audio_lengths import (
     check_clips_past_boundaries,
     check_transcription_past_a_boundary,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from vllm import SamplingParams
 
-from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.audio_spec import AudioSpec
 from tests.audio_files import FORMATS, audio_part, b64, encode
 from tests.conftest import make_clip
 from tests.oracles import HFReference, chat_prompt

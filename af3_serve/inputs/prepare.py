@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from vllm.engine.protocol import EngineClient
 from vllm.exceptions import VLLMValidationError
 
-from af3_model_executor.audio_features import AudioSpec
+from af3_model_executor.audio_spec import AudioSpec
 from af3_model_executor.constants import SAMPLE_RATE
 from af3_model_executor.think_adapter import ThinkAdapter
 from af3_serve import metrics

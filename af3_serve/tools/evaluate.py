@@ -20,17 +20,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from af3_model_executor.constants import AUDIO_TOKEN
-from af3_serve.tools.common import (
-    add_api_key_arg,
-    add_sampling_args,
-    api_key,
-    audio_part,
-    base_url,
-    sampling_body,
-    served_model,
-    session_headers,
-    thinking_body,
-)
+from af3_serve.tools import common
 from af3_serve.tools.scoring import Scores, score
 
 
@@ -85,7 +75,7 @@ def audio_seconds(item: Item) -> float | None:
 
 
 def request_content(item: Item) -> list[dict]:
-    parts = [audio_part(p) for p in item.sounds]
+    parts = [common.audio_part(p) for p in item.sounds]
     return [*parts, {"type": "text", "text": item.question}]
 
 
@@ -111,8 +101,8 @@ class _Tally:
 
 async def run(items: list[Item], args: argparse.Namespace, out: Path, progress: tqdm) -> Throughput:
     client = openai.AsyncOpenAI(
-        base_url=base_url(args.url),
-        api_key=api_key(args.api_key),
+        base_url=common.base_url(args.url),
+        api_key=common.api_key(args.api_key),
         # A busy server answers 503/429 with Retry-After; the client waits and retries.
         max_retries=8,
         timeout=args.timeout,
@@ -144,9 +134,9 @@ async def _worker(
             reply = await client.chat.completions.create(
                 model=args.model,
                 messages=[{"role": "user", "content": content}],
-                **sampling_body(args),
-                **thinking_body(args),
-                extra_headers=session_headers(),  # one conversation per item
+                **common.sampling_body(args),
+                **common.thinking_body(args),
+                extra_headers=common.session_headers(),  # one conversation per item
             )
         except (openai.AuthenticationError, openai.NotFoundError):
             raise  # a wrong key, model or URL fails every item alike: stop
@@ -189,7 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("dataset", type=Path, help="JSON list of {id, sound, conversations}")
     p.add_argument("--url", required=True, help="the af3-serve, e.g. http://host:8000")
-    add_api_key_arg(p)
+    common.add_api_key_arg(p)
     p.add_argument("--model", default=None, help="served model name (default: the server's)")
     p.add_argument(
         "--predictions",
@@ -201,7 +191,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="answer at most this many now")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON")
-    add_sampling_args(p)
+    common.add_sampling_args(p)
     args = p.parse_args(argv)
     if args.predictions is None:
         args.predictions = args.dataset.with_suffix(".predictions.jsonl")
@@ -215,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     pending = [item for item in items if item.id not in done]
     if args.model is None:
         try:
-            args.model = served_model(args.url, api_key(args.api_key))
+            args.model = common.served_model(args.url, common.api_key(args.api_key))
         except RuntimeError as exc:
             sys.exit(f"af3-eval: {exc}")
     with tqdm(total=len(items), initial=len(items) - len(pending), unit="q") as progress:

@@ -161,20 +161,18 @@ def _offline_engine(args: argparse.Namespace, files: ModelFiles, audios: int) ->
     from vllm import LLM
     from vllm.platforms import current_platform
 
-    from af3_serve.engine import engine_defaults, model_engine_args
+    from af3_serve.engine import engine_kwargs
 
     # The longest audio the checkpoint takes fits the context and prefills in one step.
-    defaults = engine_defaults(files)
+    kwargs = engine_kwargs(files, max_audios=audios)
+    if args.max_model_len:
+        kwargs["max_model_len"] = args.max_model_len
     return LLM(
-        files.model_dir,
         # Our model class (never vLLM's built-in AF3), with the thinking LoRA if asked for.
-        **model_engine_args(files),
+        **kwargs,
         dtype=args.dtype or ("float32" if current_platform.is_cpu() else "auto"),
         # One answer: compiling graphs and capturing CUDA graphs costs more than it saves.
         enforce_eager=True,
-        max_model_len=args.max_model_len or defaults["max_model_len"],
-        max_num_batched_tokens=defaults["max_num_batched_tokens"],
-        limit_mm_per_prompt={"audio": audios},
         gpu_memory_utilization=args.gpu_memory_utilization,
         tensor_parallel_size=args.tensor_parallel_size,
         seed=0 if args.seed is None else args.seed,

@@ -38,6 +38,7 @@ def write_checkpoint(
     from huggingface_hub import save_torch_state_dict
     from transformers import AudioFlamingo3ForConditionalGeneration
 
+    from af3_model_executor.constants import TINY_CHECKPOINT_MARKER
     from af3_model_executor.processor_files import save_processor
     from af3_model_executor.testing.tiny_checkpoint import (
         PRESETS,
@@ -89,7 +90,7 @@ def write_checkpoint(
         "built_on": device,
         "build_s": round(time.monotonic() - started, 1),
     }
-    (out_dir / "AF3_TINY_CHECKPOINT.json").write_text(json.dumps(description) + "\n")
+    (out_dir / TINY_CHECKPOINT_MARKER).write_text(json.dumps(description) + "\n")
     return description
 
 

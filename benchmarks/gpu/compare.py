@@ -89,7 +89,7 @@ CPU = Mode(
 SERVERS = {"ours": (), "builtin": (), "ours_fp8": ("--quantization", "fp8")}
 # If `vllm serve` exits at vLLM's defaults (AF3's 10-min prompt), once more at these, and
 # its results say so.
-FALLBACK = ("--max-num-batched-tokens", "16384", "--max-model-len", "32768")
+FALLBACK = harness.engine_size_flags()
 STEPS = [
     "environment",
     "checkpoint",
@@ -197,7 +197,7 @@ def step_environment(run: Run) -> dict:
 
 def step_checkpoint(run: Run) -> dict:
     if (run.checkpoint / "config.json").exists():  # written last; or a checkpoint of yours
-        marker = run.checkpoint / "AF3_TINY_CHECKPOINT.json"
+        marker = run.checkpoint / harness.CONSTANTS.TINY_CHECKPOINT_MARKER
         return (json.loads(marker.read_text()) if marker.exists() else {}) | {"reused": True}
     args = ["benchmarks.gpu.checkpoint", str(run.checkpoint), "--preset", run.mode.preset]
     return run_module(*args, "--device", run.mode.device, "--dtype", run.mode.dtype)

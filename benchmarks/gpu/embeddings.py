@@ -68,25 +68,20 @@ def ours_embeddings(checkpoint: Path, audios: list[np.ndarray], device: str, dty
     """Our model in this process, built and loaded as a vLLM worker does."""
     from vllm.config import set_current_vllm_config
 
-    from af3_model_executor import HF_OVERRIDES
     from af3_model_executor.inspection import audio_embeddings
+    from af3_serve.engine import offline_engine_kwargs
     from benchmarks.encoder_bench import init_single_process_vllm, load_model
 
     init_single_process_vllm()
     if device == "cpu":
-        model, vllm_config = load_model(checkpoint, dtype, HF_OVERRIDES)
+        model, vllm_config = load_model(checkpoint, dtype)
     else:
         from vllm.engine.arg_utils import EngineArgs
         from vllm.model_executor.model_loader import get_model_loader
 
-        args = EngineArgs(
-            model=str(checkpoint),
-            dtype=dtype,
-            hf_overrides=HF_OVERRIDES,
-            enforce_eager=True,
-            max_model_len=32768,
-        )
-        vllm_config = args.create_engine_config()
+        vllm_config = EngineArgs(
+            **offline_engine_kwargs(checkpoint, dtype=dtype)
+        ).create_engine_config()
         with set_current_vllm_config(vllm_config):
             loader = get_model_loader(vllm_config.load_config)
             model = loader.load_model(

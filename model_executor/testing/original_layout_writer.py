@@ -55,26 +55,33 @@ def _split_hf_state(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch
     return parts
 
 
+# The original release's Whisper field names for transformers' AF3 audio config fields.
+_WHISPER_FIELDS = {
+    "encoder_layers": "num_hidden_layers",
+    "encoder_attention_heads": "num_attention_heads",
+    "encoder_ffn_dim": "intermediate_size",
+    "encoder_layerdrop": "layerdrop",
+    "d_model": "hidden_size",
+}
+_SAME_FIELDS = (
+    "num_mel_bins",
+    "dropout",
+    "attention_dropout",
+    "activation_function",
+    "activation_dropout",
+    "scale_embedding",
+    "initializer_range",
+    "max_source_positions",
+)
+
+
 def _sound_tower_config(config: AudioFlamingo3Config) -> Qwen2AudioEncoderConfig:
     """The encoder config as the original release saves it: AF-Whisper is a Qwen2-Audio
     encoder class, so its config uses the Whisper field names."""
     audio = config.audio_config
-    return Qwen2AudioEncoderConfig(
-        num_mel_bins=audio.num_mel_bins,
-        encoder_layers=audio.num_hidden_layers,
-        encoder_attention_heads=audio.num_attention_heads,
-        encoder_ffn_dim=audio.intermediate_size,
-        encoder_layerdrop=audio.layerdrop,
-        d_model=audio.hidden_size,
-        dropout=audio.dropout,
-        attention_dropout=audio.attention_dropout,
-        activation_function=audio.activation_function,
-        activation_dropout=audio.activation_dropout,
-        scale_embedding=audio.scale_embedding,
-        initializer_range=audio.initializer_range,
-        max_source_positions=audio.max_source_positions,
-        architectures=["AFWhisperEncoder"],
-    )
+    fields = {whisper: getattr(audio, ours) for whisper, ours in _WHISPER_FIELDS.items()}
+    fields |= {name: getattr(audio, name) for name in _SAME_FIELDS}
+    return Qwen2AudioEncoderConfig(**fields, architectures=["AFWhisperEncoder"])
 
 
 def _original_adapter_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,7 +27,13 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from af3_model_executor.constants import AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN, AUDIO_TOKEN
+from af3_model_executor.constants import (
+    AUDIO_BOS_TOKEN,
+    AUDIO_EOS_TOKEN,
+    AUDIO_TOKEN,
+    DEFAULT_DECODER_POSITIONS,
+    TINY_CHECKPOINT_MARKER,
+)
 from af3_model_executor.families import AF3, MUSIC_FLAMINGO, Family
 from af3_model_executor.processor_files import (
     AUDIO_PLACEHOLDER,
@@ -65,8 +71,17 @@ class Release:
 
 
 RELEASES = {
-    "af3": Release(AF3, 600, 32768, 1e6, DEFAULT_SYSTEM_PROMPT, "adapter"),
-    "musicflamingo": Release(MUSIC_FLAMINGO, 1200, 32768, 1e6, DEFAULT_SYSTEM_PROMPT, None),
+    "af3": Release(
+        AF3, AF3.max_audio_seconds, DEFAULT_DECODER_POSITIONS, 1e6, DEFAULT_SYSTEM_PROMPT, "adapter"
+    ),
+    "musicflamingo": Release(
+        MUSIC_FLAMINGO,
+        MUSIC_FLAMINGO.max_audio_seconds,
+        DEFAULT_DECODER_POSITIONS,
+        1e6,
+        DEFAULT_SYSTEM_PROMPT,
+        None,
+    ),
     "af-next": Release(
         MUSIC_FLAMINGO,
         1800,
@@ -270,7 +285,7 @@ def build_checkpoint(
         build_think_adapter(model, out_dir / "think", preset, seed)
     description = {"preset": preset_name, "seed": seed, "think": think, "random_weights": True}
     description |= {"family": family, "layout": layout}
-    (out_dir / "AF3_TINY_CHECKPOINT.json").write_text(json.dumps(description) + "\n")
+    (out_dir / TINY_CHECKPOINT_MARKER).write_text(json.dumps(description) + "\n")
     return out_dir
 
 
