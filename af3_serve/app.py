@@ -25,6 +25,7 @@ from af3_serve.model_cards import ModelList
 from af3_serve.model_files import ModelFiles
 from af3_serve.runtime import Runtime, get_runtime
 from af3_serve.speech.router import router as speech_router
+from af3_serve.tokenize.router import router as tokenize_router
 
 logger = logging.getLogger("af3_serve")
 
@@ -62,6 +63,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(speech_router)
+    app.include_router(tokenize_router)
     app.include_router(_service_routes(config))
     if config.demo_page:
         mount_demo_page(app)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from jinja2 import TemplateError
 from transformers import AutoTokenizer
 from vllm.engine.protocol import EngineClient
 from vllm.exceptions import VLLMValidationError
@@ -97,16 +98,25 @@ class InputPreparer:
         return audios
 
     async def render(
-        self, conversation: list[dict[str, Any]], audios: list[np.ndarray], think: bool = False
+        self,
+        conversation: list[dict[str, Any]],
+        audios: list[np.ndarray],
+        think: bool = False,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
     ) -> Any:
         """Prompt tokens with each `<sound>` expanded, run through our processor. Thinking
         mode gets AF3's suffix on the question and, when its adapter retrained the adaptor,
-        sends the audios through that one."""
+        sends the audios through that one. The last two are the chat template's own
+        (transformers' `apply_chat_template`)."""
         if think:
             conversation = with_think_suffix(conversation)
         try:
             prompt = self.tokenizer.apply_chat_template(
-                conversation, tokenize=False, add_generation_prompt=True
+                conversation,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message,
             )
             prompt.encode()
         except UnicodeError as exc:  # e.g. a lone surrogate from a JSON \ud800 escape
@@ -115,6 +125,10 @@ class InputPreparer:
                 "The messages hold text that is not valid Unicode.",
                 param="messages",
                 code="invalid_text",
+            ) from exc
+        except (ValueError, TemplateError) as exc:  # what the template refuses to render
+            raise APIError(
+                400, f"The chat template cannot render the messages: {exc}", param="messages"
             ) from exc
         request: dict[str, Any] = {"prompt": prompt}
         if audios:
