@@ -4,7 +4,8 @@ the input preparation; and the engine's outputs, ended cleanly when the engine d
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
@@ -56,6 +57,9 @@ class Runtime:
         )
         self.engine_dead = False
         self._engine_dead_event = asyncio.Event()
+        # The wall clock that times requests (arrival, first token), as the engine's own
+        # timestamps are; the HTTP tests give it the fake engine's clock.
+        self.clock: Callable[[], float] = time.time
 
     def engine_rank(self, session: str | None) -> int | None:
         """The data-parallel engine of a named conversation. vLLM's balancer spreads

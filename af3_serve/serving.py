@@ -7,7 +7,6 @@ become OpenAI-shaped errors (or, mid-stream, an error event); the admission is r
 exactly once, however the request ends."""
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -45,7 +44,7 @@ class ServedRequest:
         self.runtime = runtime
         self.request = request
         self.endpoint = endpoint
-        self.arrival = time.time()  # wall clock, as the engine's own timestamps
+        self.arrival = runtime.clock()  # wall clock, as the engine's own timestamps
         self.ticket: Ticket | None = None
         # The conversation it belongs to, named by the client (X-Session-ID, as vLLM reads it).
         self.session = request.headers.get(SESSION_ID_HEADER) or None
@@ -69,7 +68,8 @@ class ServedRequest:
         async for output in outputs:
             if not self._first_token_seen:
                 self._first_token_seen = True
-                metrics.TIME_TO_FIRST_TOKEN.observe(_first_token_time(output) - self.arrival)
+                first_token = _first_token_time(output, self.runtime.clock)
+                metrics.TIME_TO_FIRST_TOKEN.observe(first_token - self.arrival)
             yield output
 
     async def answer(self, work: Awaitable[T]) -> T:
@@ -146,10 +146,10 @@ async def _engine_errors(work: Awaitable[T]) -> T:
         raise APIError(400, str(exc), code="invalid_request") from exc
 
 
-def _first_token_time(output: RequestOutput) -> float:
+def _first_token_time(output: RequestOutput, clock: Callable[[], float]) -> float:
     """When the engine produced the first token. An answer collected whole arrives once, at
-    its end; the engine's stats still say when its first token came."""
+    its end; the engine's stats still say when its first token came (else: now)."""
     stats = output.metrics
     if isinstance(stats, RequestStateStats) and stats.first_token_latency > 0:
         return stats.arrival_time + stats.first_token_latency
-    return time.time()
+    return clock()
