@@ -31,10 +31,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The tests speak known text with espeak-ng (a Debian package).
-# tests/test_deploy.py parses the compose files with Docker's compose plugin or, without
+# tests/unit/test_deploy.py parses the compose files with Docker's compose plugin or, without
 # it, Debian's docker-compose (no Docker engine needed), and checks the Prometheus files
 # with promtool (Debian's prometheus package).
-# tests/test_demo_page.py drives the demo page in Debian's chromium (through Playwright's
+# tests/e2e/test_demo_page.py drives the demo page in Debian's chromium (through Playwright's
 # Python package, without its own browser downloads).
 system-deps:
 	@command -v espeak-ng >/dev/null || { \
@@ -59,8 +59,8 @@ test: install system-deps
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
-# No vLLM engine and no process that imports vLLM: the HTTP edge on a fake engine, the
-# settings, the deployment files, the load tool's statistics.
+# tests/unit and tests/http: no vLLM engine and no process that imports vLLM (the HTTP edge
+# on a fake engine, the settings, the deployment files, the load tool's statistics).
 test-fast: install system-deps
 	$(PY) -m pytest -q -m "not engine and not slow"
 

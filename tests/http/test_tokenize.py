@@ -2,7 +2,14 @@
 endpoint's usage says for the same messages, audio included, and nothing reaches the engine."""
 
 from af3_model_executor.audio_spec import AudioSpec
-from tests.http_helpers import CHAT, MODEL, THINK_MODEL, assert_error, chat_body, server_fixture
+from tests.support.http_helpers import (
+    CHAT,
+    MODEL,
+    THINK_MODEL,
+    assert_error,
+    chat_body,
+    server_fixture,
+)
 
 api = server_fixture()
 TOKENIZE = "/tokenize"

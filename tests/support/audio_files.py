@@ -1,0 +1,45 @@
+"""Test audio: clips of real speech of any length, encoded into files of each format in memory."""
+
+import base64
+import io
+
+import numpy as np
+import soundfile as sf
+
+from af3_model_executor.constants import SAMPLE_RATE
+from benchmarks import harness
+
+FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),
+}
+
+
+def make_clip(speech: np.ndarray, seconds: float) -> np.ndarray:
+    """A clip of real speech of any length: each 30-s stretch is the sample shifted and
+    scaled differently, so windows differ and a mix-up of windows shows."""
+    return harness.speech_clip(seconds, sample=speech)
+
+
+def encode(audio: np.ndarray, fmt: str = "wav", rate: int = SAMPLE_RATE) -> bytes:
+    container, subtype = FORMATS[fmt]
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def b64(audio: np.ndarray, fmt: str = "wav", rate: int = SAMPLE_RATE) -> str:
+    return base64.b64encode(encode(audio, fmt, rate)).decode()
+
+
+def audio_part(audio: np.ndarray, fmt: str = "wav", rate: int = SAMPLE_RATE) -> dict:
+    return {"type": "input_audio", "input_audio": {"data": b64(audio, fmt, rate), "format": fmt}}
+
+
+def as_sent(audio: np.ndarray, fmt: str = "wav") -> np.ndarray:
+    """The samples the server decodes from `audio_part(audio, fmt)`: 16-bit rounding
+    moves greedy answers of the random-weight model, so references get these."""
+    decoded, _ = sf.read(io.BytesIO(encode(audio, fmt)), dtype="float32")
+    return decoded
