@@ -1,5 +1,5 @@
 """What the endpoints share of OpenAI's schema: content parts (text, input_audio, audio_url),
-messages, and request ids. Each endpoint's own request and response models live in its
+messages, token usage, and request ids. Each endpoint's own request and response models live in its
 package (`chat/protocol.py`, `speech/protocol.py`).
 
 Request models forbid unknown fields, so a parameter we do not implement is a clear 400
@@ -63,6 +63,20 @@ class AssistantMessage(StrictModel):
 
 
 Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+
+
+class PromptTokensDetails(BaseModel):
+    audio_tokens: int
+    cached_tokens: int = 0
+
+
+class Usage(BaseModel):
+    """Token counts of an answer, as chat and text completions report them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 def random_id(prefix: str) -> str:

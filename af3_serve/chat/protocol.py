@@ -7,12 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from af3_serve.protocol import Message, StrictModel, random_id
-
-
-class StreamOptions(StrictModel):
-    include_usage: bool = False
-
+from af3_serve.edge.errors import APIError
+from af3_serve.protocol import Message, Usage, random_id
+from af3_serve.sampling import SamplingRequest
 
 # What a load balancer adds to every chat body it forwards (vLLM's router re-serializes the
 # body with these SGLang-style fields): at these values they ask for what we do anyway, so
@@ -29,7 +26,7 @@ BALANCER_DEFAULTS: dict[str, bool] = {
 }
 
 
-class ChatCompletionRequest(StrictModel):
+class ChatCompletionRequest(SamplingRequest):
     @model_validator(mode="before")
     @classmethod
     def _drop_balancer_defaults(cls, data: Any) -> Any:
@@ -41,28 +38,20 @@ class ChatCompletionRequest(StrictModel):
             }
         return data
 
-    model: str
     messages: list[Message] = Field(min_length=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(-1, ge=-1)
-    max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(1, ge=1, le=16)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
-    min_tokens: int = Field(0, ge=0)
-    ignore_eos: bool = False  # vLLM extension; load tests use it for fixed output lengths
     # Our extension: AF3's thinking mode (same as asking for the "-think" model).
     thinking: bool | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    user: str | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
+
+    def answer_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def logprobs_asked(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class TopLogprob(BaseModel):
@@ -77,18 +66,6 @@ class TokenLogprob(TopLogprob):
 
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob]
-
-
-class PromptTokensDetails(BaseModel):
-    audio_tokens: int
-    cached_tokens: int = 0
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails
 
 
 class ResponseMessage(BaseModel):

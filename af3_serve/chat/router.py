@@ -10,11 +10,11 @@ from vllm import SamplingParams
 
 from af3_serve.admission import Ticket
 from af3_serve.chat.protocol import ChatCompletion, ChatCompletionRequest
-from af3_serve.chat.serving import ChatAnswer, sampling_params
+from af3_serve.chat.serving import ChatAnswer
 from af3_serve.edge.auth import require_api_key
-from af3_serve.edge.errors import APIError
 from af3_serve.inputs.prompts import to_conversation
 from af3_serve.runtime import Runtime, get_runtime
+from af3_serve.sampling import check_stream_options, sampling_params
 from af3_serve.serving import ServedRequest
 
 router = APIRouter()
@@ -50,8 +50,7 @@ async def chat_completions(
     runtime: Annotated[Runtime, Depends(get_runtime)],
 ) -> ChatCompletion | StreamingResponse:
     think = runtime.models.is_think(body.model, body.thinking)
-    if body.stream_options is not None and not body.stream:
-        raise APIError(400, "stream_options needs stream: true.", param="stream_options")
+    check_stream_options(body)
     conversation, refs = to_conversation(body.messages)
     served = ServedRequest(runtime, request, "chat")
 

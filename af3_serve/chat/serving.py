@@ -1,5 +1,5 @@
-"""A chat request's engine work turned into OpenAI's answer: sampling parameters from the
-body, then one `chat.completion` or a stream of `chat.completion.chunk`s."""
+"""A chat request's engine work turned into OpenAI's answer: one `chat.completion` or a
+stream of `chat.completion.chunk`s."""
 
 import time
 from collections.abc import AsyncIterator
@@ -7,10 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vllm import SamplingParams
-from vllm.exceptions import VLLMValidationError
 from vllm.logprobs import SampleLogprobs
 from vllm.outputs import CompletionOutput
-from vllm.sampling_params import RequestOutputKind
 
 from af3_serve.chat.protocol import (
     ChatCompletion,
@@ -20,51 +18,13 @@ from af3_serve.chat.protocol import (
     ChoiceLogprobs,
     ChunkChoice,
     Delta,
-    PromptTokensDetails,
     ResponseMessage,
     TokenLogprob,
     TopLogprob,
-    Usage,
     completion_id,
 )
-from af3_serve.edge.errors import APIError
+from af3_serve.protocol import PromptTokensDetails, Usage
 from af3_serve.serving import ServedRequest
-
-
-def sampling_params(
-    body: ChatCompletionRequest, prompt_len: int, max_model_len: int
-) -> SamplingParams:
-    room = max_model_len - prompt_len
-    max_tokens = body.max_completion_tokens or body.max_tokens or room
-    if max_tokens > room:
-        raise APIError(
-            400,
-            f"max_tokens is {max_tokens}, but only {room} tokens are left in "
-            f"the model's context after the {prompt_len}-token prompt.",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
-    if body.top_logprobs is not None and not body.logprobs:
-        raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
-    try:
-        return SamplingParams(
-            n=body.n,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            max_tokens=max_tokens,
-            stop=body.stop,
-            seed=body.seed,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-            repetition_penalty=body.repetition_penalty,
-            min_tokens=min(body.min_tokens, max_tokens),
-            ignore_eos=body.ignore_eos,
-            logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-            output_kind=RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY,
-        )
-    except (ValueError, VLLMValidationError) as exc:
-        raise APIError(400, str(exc), code="invalid_value") from exc
 
 
 def _logprobs(output: CompletionOutput, top: int) -> ChoiceLogprobs | None:
