@@ -15,6 +15,7 @@ from vllm.engine.protocol import EngineClient
 from af3_model_executor import ARCHITECTURE
 from af3_serve import __version__, metrics
 from af3_serve.chat.router import router as chat_router
+from af3_serve.completions.router import router as completions_router
 from af3_serve.config import ServerConfig
 from af3_serve.demo import mount_demo_page
 from af3_serve.edge.auth import require_api_key, require_api_key_if_protected
@@ -62,6 +63,7 @@ def create_app(
     app.add_middleware(RequestLog)
     install_error_handlers(app)
     app.include_router(chat_router)
+    app.include_router(completions_router)
     app.include_router(speech_router)
     app.include_router(tokenize_router)
     app.include_router(_service_routes(config))

@@ -122,6 +122,46 @@ class ServedRequest:
         return task.result()
 
 
+async def in_order(
+    streams: list[AsyncIterator[RequestOutput]],
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The outputs of several engine requests, all running at once, handed out stream by
+    stream (each stream's index with its outputs); an error in any is raised here, and
+    leaving early aborts those still running."""
+    queues: list[asyncio.Queue[RequestOutput | BaseException | None]] = [
+        asyncio.Queue() for _ in streams
+    ]
+
+    async def pump(outputs: AsyncIterator[RequestOutput], queue: asyncio.Queue) -> None:
+        try:
+            async for out in outputs:
+                await queue.put(out)
+        except Exception as exc:  # e.g. the engine died: the consumer raises it
+            await queue.put(exc)
+        else:
+            await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(s, q)) for s, q in zip(streams, queues, strict=True)]
+    try:
+        for i, queue in enumerate(queues):
+            while (out := await queue.get()) is not None:
+                if isinstance(out, BaseException):
+                    raise out
+                yield i, out
+    finally:
+        for task in tasks:
+            task.cancel()  # cancelling a pump aborts its engine request
+
+
+async def last_output(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+    """The final output of an engine request collected whole."""
+    final = None
+    async for out in outputs:
+        final = out
+    assert final is not None
+    return final
+
+
 class _ReleasingStream(StreamingResponse):
     """Releases the admission when the response ends, also if its body never started (a
     client gone before the first byte never runs the body generator's cleanup)."""

@@ -47,6 +47,7 @@ class InputPreparer:
         self.max_audios = config.max_audios_per_request
         self.max_model_len = engine.model_config.max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.audio_token_id: int = engine.model_config.hf_config.audio_token_id
         self.media = MediaPolicy(
             max_bytes=config.max_request_bytes,
             allowed_domains=config.allowed_media_domains,
@@ -96,6 +97,41 @@ class InputPreparer:
             audios.append(await self.decode(data, ref.param, ticket))
         metrics.REQUEST_AUDIO_SECONDS.observe(sum(a.size for a in audios) / SAMPLE_RATE)
         return audios
+
+    async def text_prompt(self, prompt: str | list[int], param: str) -> dict[str, Any]:
+        """A text prompt (or its token ids) as the engine's input, tokenized off the event
+        loop. Audio has no place in it: the audio placeholder is refused, as are ids past the
+        vocabulary and prompts that leave no room in the context."""
+        if isinstance(prompt, str):
+            ids = await asyncio.get_running_loop().run_in_executor(
+                self.decode_pool, self.tokenizer.encode, prompt
+            )
+        else:
+            ids = prompt
+            if unknown := [t for t in ids if not 0 <= t < len(self.tokenizer)]:
+                raise APIError(
+                    400,
+                    f"Token ids {unknown[:5]} are past the vocabulary ({len(self.tokenizer)}).",
+                    param=param,
+                    code="invalid_token_id",
+                )
+        if not ids:
+            raise APIError(400, "The prompt is empty.", param=param)
+        if self.audio_token_id in ids:
+            raise APIError(
+                400,
+                "A text prompt cannot hold the audio placeholder; send audio through "
+                "/v1/chat/completions or /v1/responses.",
+                param=param,
+            )
+        if len(ids) >= self.max_model_len:
+            raise APIError(
+                400,
+                f"The prompt is {len(ids)} tokens; the model's context is {self.max_model_len}.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        return {"prompt_token_ids": list(ids)}
 
     async def render(
         self,
