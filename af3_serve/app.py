@@ -24,6 +24,8 @@ from af3_serve.edge.limits import BodyLimits
 from af3_serve.edge.request_log import RequestLog
 from af3_serve.model_cards import ModelList
 from af3_serve.model_files import ModelFiles
+from af3_serve.responses.router import router as responses_router
+from af3_serve.responses.store import ResponseStore
 from af3_serve.runtime import Runtime, get_runtime
 from af3_serve.speech.router import router as speech_router
 from af3_serve.tokenize.router import router as tokenize_router
@@ -62,8 +64,10 @@ def create_app(
     )
     app.add_middleware(RequestLog)
     install_error_handlers(app)
+    app.state.responses = ResponseStore(config.responses_store_mib * 2**20)
     app.include_router(chat_router)
     app.include_router(completions_router)
+    app.include_router(responses_router)
     app.include_router(speech_router)
     app.include_router(tokenize_router)
     app.include_router(_service_routes(config))

@@ -102,6 +102,10 @@ class ServerSettings:
     """Audio embeddings the engine keeps between prefill steps; default: four of the
     longest audio (60,000 for AF3's 10 min, 25 a second). vLLM's default holds one batch,
     so a second long audio would wait for the first."""
+    responses_store_mib: int = 1024
+    """Memory for stored responses (/v1/responses with store, for previous_response_id), their
+    audio included; the least recently used go first. In this process only: not kept over a
+    restart nor shared between replicas."""
     engine_death_grace_s: float = 5.0
     """Seconds of /health 503 before exiting when the engine dies."""
     demo_page: bool = True

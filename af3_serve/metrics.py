@@ -21,6 +21,10 @@ REQUESTS = Counter(
 KNOWN_PATHS = frozenset(
     {
         "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/tokenize",
+        "/detokenize",
         "/v1/audio/transcriptions",
         "/v1/audio/translations",
         "/v1/models",
@@ -54,7 +58,14 @@ REJECT_REASONS = (
 )
 DISCONNECT_ENDPOINTS = ("upload",) + tuple(
     endpoint + stage
-    for endpoint in ("chat", "transcriptions", "translations")
+    for endpoint in (
+        "chat",
+        "completions",
+        "responses",
+        "tokenize",
+        "transcriptions",
+        "translations",
+    )
     for stage in ("_prepare", "", "_stream")
 )
 

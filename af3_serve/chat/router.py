@@ -1,21 +1,16 @@
 """POST /v1/chat/completions: the body parsed, the request served along `serving.py`'s path."""
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from vllm import SamplingParams
 
-from af3_serve.admission import Ticket
 from af3_serve.chat.protocol import ChatCompletion, ChatCompletionRequest
-from af3_serve.chat.serving import ChatAnswer
+from af3_serve.chat.serving import chat_answer
 from af3_serve.edge.auth import require_api_key
-from af3_serve.inputs.prompts import to_conversation
 from af3_serve.runtime import Runtime, get_runtime
-from af3_serve.sampling import check_stream_options, sampling_params
-from af3_serve.serving import ServedRequest
 
 router = APIRouter()
 
@@ -49,19 +44,7 @@ async def chat_completions(
     request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
 ) -> ChatCompletion | StreamingResponse:
-    think = runtime.models.is_think(body.model, body.thinking)
-    check_stream_options(body)
-    conversation, refs = to_conversation(body.messages)
-    served = ServedRequest(runtime, request, "chat")
-
-    async def prepare(ticket: Ticket) -> tuple[Any, SamplingParams]:
-        audios = await runtime.inputs.load_audios(refs, ticket)
-        engine_input = await runtime.inputs.render(conversation, audios, think)
-        prompt_len = len(engine_input["prompt_token_ids"])
-        return engine_input, sampling_params(body, prompt_len, runtime.inputs.max_model_len)
-
-    engine_input, params = await served.prepare(prepare)
-    answer = ChatAnswer(served, body, engine_input, params, think, runtime.audio_token_id)
+    answer = await chat_answer(body, request, runtime)
     if body.stream:
-        return served.stream(answer.chunks())
-    return await served.answer(answer.completion())
+        return answer.served.stream(answer.chunks())
+    return await answer.served.answer(answer.completion())

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Request
 from vllm import SamplingParams
 from vllm.logprobs import SampleLogprobs
 from vllm.outputs import CompletionOutput
 
+from af3_serve.admission import Ticket
 from af3_serve.chat.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -23,7 +25,10 @@ from af3_serve.chat.protocol import (
     TopLogprob,
     completion_id,
 )
+from af3_serve.inputs.prompts import AudioRef, to_conversation
 from af3_serve.protocol import PromptTokensDetails, Usage
+from af3_serve.runtime import Runtime
+from af3_serve.sampling import check_stream_options, sampling_params
 from af3_serve.serving import ServedRequest
 
 
@@ -135,3 +140,31 @@ class ChatAnswer:
                     yield chunk([delta])
         if self.body.stream_options and self.body.stream_options.include_usage:
             yield chunk([], self._usage(completion_tokens, cached_tokens))
+
+
+async def chat_answer(
+    body: ChatCompletionRequest,
+    request: Request,
+    runtime: Runtime,
+    endpoint: str = "chat",
+    audio_params: list[str] | None = None,
+) -> ChatAnswer:
+    """Admit a chat request and prepare its engine input (audio fetched and decoded, the
+    template rendered, sampling checked against the context); `endpoint` labels its metrics
+    and `audio_params` names each audio's place in the client's own request (the Responses
+    API's `input[...]`), where it is not chat's `messages[...]`."""
+    think = runtime.models.is_think(body.model, body.thinking)
+    check_stream_options(body)
+    conversation, refs = to_conversation(body.messages)
+    if audio_params is not None:
+        refs = [AudioRef(r.part, param) for r, param in zip(refs, audio_params, strict=True)]
+    served = ServedRequest(runtime, request, endpoint)
+
+    async def prepare(ticket: Ticket) -> tuple[Any, SamplingParams]:
+        audios = await runtime.inputs.load_audios(refs, ticket)
+        engine_input = await runtime.inputs.render(conversation, audios, think)
+        prompt_len = len(engine_input["prompt_token_ids"])
+        return engine_input, sampling_params(body, prompt_len, runtime.inputs.max_model_len)
+
+    engine_input, params = await served.prepare(prepare)
+    return ChatAnswer(served, body, engine_input, params, think, runtime.audio_token_id)
