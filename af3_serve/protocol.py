@@ -6,6 +6,7 @@ Request models forbid unknown fields, so a parameter we do not implement is a cl
 instead of being silently ignored.
 """
 
+import time
 import uuid
 from typing import Annotated, Literal
 
@@ -77,6 +78,14 @@ class Usage(BaseModel):
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
+
+
+class ModelAnswer(BaseModel):
+    """What every answer object (and chunk) of a generating endpoint begins with."""
+
+    id: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
 
 
 def random_id(prefix: str) -> str:

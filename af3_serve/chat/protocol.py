@@ -2,13 +2,12 @@
 completion and its chunks. Content parts and messages are shared with the other endpoints
 (`af3_serve/protocol.py`)."""
 
-import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from af3_serve.edge.errors import APIError
-from af3_serve.protocol import Message, Usage, random_id
+from af3_serve.protocol import Message, ModelAnswer, Usage, random_id
 from af3_serve.sampling import SamplingRequest
 
 # What a load balancer adds to every chat body it forwards (vLLM's router re-serializes the
@@ -84,11 +83,8 @@ def completion_id() -> str:
     return random_id("chatcmpl")
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatCompletion(ModelAnswer):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[Choice]
     usage: Usage
 
@@ -105,10 +101,7 @@ class ChunkChoice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(ModelAnswer):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
     choices: list[ChunkChoice]
     usage: Usage | None = None

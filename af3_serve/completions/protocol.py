@@ -1,12 +1,11 @@
 """POST /v1/completions, OpenAI's (legacy) text-completions schema as vLLM serves it: text or
 token-id prompts, no audio (audio goes through chat, the Responses API or speech)."""
 
-import time
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from af3_serve.protocol import Usage, random_id
+from af3_serve.protocol import ModelAnswer, Usage, random_id
 from af3_serve.sampling import SamplingRequest
 
 TokenIds = list[int]
@@ -50,12 +49,9 @@ def completion_id() -> str:
     return random_id("cmpl")
 
 
-class Completion(BaseModel):
+class Completion(ModelAnswer):
     """A whole answer, and also each streamed chunk (OpenAI's chunks are the same object)."""
 
-    id: str
     object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None

@@ -54,21 +54,21 @@ class InputMessage(StrictModel):
     status: str | None = None
 
 
-class FunctionCall(StrictModel):
-    type: Literal["function_call"]
+class _CallItem(StrictModel):
     call_id: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCall(_CallItem):
+    type: Literal["function_call"]
     name: str
     arguments: str
-    id: str | None = None
-    status: str | None = None
 
 
-class FunctionCallOutput(StrictModel):
+class FunctionCallOutput(_CallItem):
     type: Literal["function_call_output"]
-    call_id: str
     output: str
-    id: str | None = None
-    status: str | None = None
 
 
 def _item_type(item: Any) -> str:

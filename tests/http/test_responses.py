@@ -5,23 +5,15 @@ input_file), whole and streamed with OpenAI's event names, and the refusals."""
 import base64
 import json
 
+from tests.support import http_helpers as h
 from tests.support.audio_files import encode, make_clip
-from tests.support.http_helpers import (
-    CHAT,
-    MODEL,
-    QUESTION,
-    answer_text,
-    assert_error,
-    server_fixture,
-    sse_data,
-)
 
-api = server_fixture()
+api = h.server_fixture()
 RESPONSES = "/v1/responses"
 
 
 async def respond(api, **body) -> dict:
-    response = await api.client.post(RESPONSES, json={"model": MODEL} | body)
+    response = await api.client.post(RESPONSES, json={"model": h.MODEL} | body)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -40,9 +32,9 @@ async def test_text_with_instructions_is_the_chat_prompt(api) -> None:
     assert answer["status"] == "incomplete"  # the fake engine fills max_output_tokens
     assert answer["incomplete_details"] == {"reason": "max_output_tokens"}
     (message,) = answer["output"]
-    assert message["content"][0]["text"] == answer_text(api.engine, 3)
+    assert message["content"][0]["text"] == h.answer_text(api.engine, 3)
     chat = {
-        "model": MODEL,
+        "model": h.MODEL,
         "max_tokens": 3,
         "messages": [
             {"role": "system", "content": "Be brief."},
@@ -50,7 +42,7 @@ async def test_text_with_instructions_is_the_chat_prompt(api) -> None:
         ],
     }
     via_responses = last_prompt(api)
-    assert (await api.client.post(CHAT, json=chat)).status_code == 200
+    assert (await api.client.post(h.CHAT, json=chat)).status_code == 200
     assert last_prompt(api) == via_responses
     assert answer["usage"]["input_tokens"] == len(via_responses)
     assert answer["usage"]["output_tokens"] == 3
@@ -66,7 +58,7 @@ async def test_audio_parts_and_a_stored_turn(api, speech) -> None:
                 "role": "user",
                 "content": [
                     {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
-                    {"type": "input_text", "text": QUESTION},
+                    {"type": "input_text", "text": h.QUESTION},
                 ],
             }
         ],
@@ -93,16 +85,16 @@ async def test_audio_parts_and_a_stored_turn(api, speech) -> None:
     assert stored.status_code == 200 and stored.json()["id"] == second["id"]
     assert (await api.client.delete(f"{RESPONSES}/{first['id']}")).status_code == 200
     gone = await api.client.post(
-        RESPONSES, json={"model": MODEL, "input": "x", "previous_response_id": first["id"]}
+        RESPONSES, json={"model": h.MODEL, "input": "x", "previous_response_id": first["id"]}
     )
-    assert_error(gone, 400, "previous_response_id", "previous_response_not_found")
+    h.assert_error(gone, 400, "previous_response_id", "previous_response_not_found")
 
 
 async def test_a_stream_has_openai_events(api) -> None:
-    body = {"model": MODEL, "input": "Hi", "max_output_tokens": 3, "stream": True}
+    body = {"model": h.MODEL, "input": "Hi", "max_output_tokens": 3, "stream": True}
     response = await api.client.post(RESPONSES, json=body)
     assert response.status_code == 200, response.text
-    events = [json.loads(e) for e in sse_data(response)]
+    events = [json.loads(e) for e in h.sse_data(response)]
     kinds = [e["type"] for e in events]
     assert kinds[:4] == [
         "response.created",
@@ -118,7 +110,7 @@ async def test_a_stream_has_openai_events(api) -> None:
     ]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
-    assert deltas == answer_text(api.engine, 3) == events[-4]["text"]
+    assert deltas == h.answer_text(api.engine, 3) == events[-4]["text"]
     final = events[-1]["response"]
     assert final["usage"]["output_tokens"] == 3
     stored = await api.client.get(f"{RESPONSES}/{final['id']}")
@@ -167,7 +159,9 @@ async def test_refusals(api, speech) -> None:
         ({"input": "x", "unknown": 1}, 400, "unknown"),
     ]
     for body, status, param in cases:
-        assert_error(await api.client.post(RESPONSES, json={"model": MODEL} | body), status, param)
+        h.assert_error(
+            await api.client.post(RESPONSES, json={"model": h.MODEL} | body), status, param
+        )
     named = {"type": "input_file", "file_data": audio, "filename": "clip.wav"}
     fine = await respond(api, input=[{"role": "user", "content": [named]}], max_output_tokens=1)
     assert fine["usage"]["input_tokens_details"]["audio_tokens"] > 0
