@@ -5,7 +5,7 @@ input_file), whole and streamed with OpenAI's event names, and the refusals."""
 import base64
 import json
 
-from tests.support import http_helpers as h
+import tests.support.http_helpers as h
 from tests.support.audio_files import encode, make_clip
 
 api = h.server_fixture()
