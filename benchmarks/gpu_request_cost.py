@@ -24,19 +24,25 @@ from transformers import Qwen2Config, Qwen2Model, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from benchmarks import harness
+from benchmarks.gpu.checkpoint import QWEN25_VOCAB
 
 SECONDS = harness.LONGEST_AUDIO_SECONDS
 PROMPT_TOKENS = harness.AF3_AUDIO.max_prompt_tokens + harness.TEMPLATE_TOKENS
 
 
+# AF3's real shape: AF-Whisper (Whisper-large-v3) and Qwen2.5-7B, as the GPU comparison's
+# full-size checkpoint has it.
+REAL = harness.model_executor("testing.tiny_checkpoint").PRESETS["real"]
+
+
 def time_encoder(mel: torch.Tensor, device: torch.device) -> float:
     config = WhisperConfig(
         num_mel_bins=harness.AF3_AUDIO.num_mel_bins,
-        d_model=1280,
-        encoder_layers=32,
-        encoder_attention_heads=20,
-        encoder_ffn_dim=5120,
-        max_source_positions=1500,
+        d_model=REAL.encoder_dim,
+        encoder_layers=REAL.encoder_layers,
+        encoder_attention_heads=REAL.encoder_heads,
+        encoder_ffn_dim=REAL.encoder_ffn,
+        max_source_positions=harness.AF3_AUDIO.window_frames // 2,
     )
     config._attn_implementation = "sdpa"
     with device:
@@ -46,12 +52,12 @@ def time_encoder(mel: torch.Tensor, device: torch.device) -> float:
 
 def time_prefill(device: torch.device) -> float:
     config = Qwen2Config(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=151672,
+        hidden_size=REAL.text_dim,
+        intermediate_size=REAL.text_ffn,
+        num_hidden_layers=REAL.text_layers,
+        num_attention_heads=REAL.text_heads,
+        num_key_value_heads=REAL.text_kv_heads,
+        vocab_size=QWEN25_VOCAB,
         max_position_embeddings=harness.CONSTANTS.DEFAULT_DECODER_POSITIONS,
         rope_theta=1000000.0,
     )

@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from af3_model_executor.audio_spec import AudioSpec
 from af3_model_executor.constants import (
     AUDIO_BOS_TOKEN,
     AUDIO_EOS_TOKEN,
@@ -176,12 +177,12 @@ def build_config(
     return config_class(
         audio_config={
             "model_type": "audioflamingo3_encoder",
-            "num_mel_bins": 128,
+            "num_mel_bins": AudioSpec().num_mel_bins,
             "num_hidden_layers": preset.encoder_layers,
             "hidden_size": preset.encoder_dim,
             "num_attention_heads": preset.encoder_heads,
             "intermediate_size": preset.encoder_ffn,
-            "max_source_positions": 1500,
+            "max_source_positions": AudioSpec().window_frames // 2,  # after the stride-2 conv
             "initializer_range": preset.init_range,
         },
         text_config={
