@@ -7,33 +7,41 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vllm import SamplingParams
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionRequest as VllmChatRequest,
+)
 from vllm.exceptions import VLLMValidationError
-from vllm.logprobs import SampleLogprobs
 from vllm.outputs import CompletionOutput
+from vllm.parser.abstract_parser import Parser
 from vllm.sampling_params import RequestOutputKind
 
+from af3_serve.chat import structured, tools
+from af3_serve.chat.logprobs import LogprobFormat, prompt_logprobs
 from af3_serve.chat.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     Choice,
-    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     PromptTokensDetails,
     ResponseMessage,
-    TokenLogprob,
-    TopLogprob,
     Usage,
     completion_id,
 )
+from af3_serve.chat.tools import ToolCalling
 from af3_serve.edge.errors import APIError
 from af3_serve.serving import ServedRequest
 
 
 def sampling_params(
-    body: ChatCompletionRequest, prompt_len: int, max_model_len: int
+    body: ChatCompletionRequest,
+    request: VllmChatRequest,
+    prompt_len: int,
+    max_model_len: int,
 ) -> SamplingParams:
+    """`request` is vLLM's view of `body` after any tool parser adjusted it (its
+    structured-output constraint, its skip_special_tokens)."""
     room = max_model_len - prompt_len
     max_tokens = body.max_completion_tokens or body.max_tokens or room
     if max_tokens > room:
@@ -47,11 +55,12 @@ def sampling_params(
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
     try:
-        return SamplingParams(
+        return SamplingParams.from_optional(
             n=body.n,
             temperature=body.temperature,
             top_p=body.top_p,
             top_k=body.top_k,
+            min_p=body.min_p,
             max_tokens=max_tokens,
             stop=body.stop,
             seed=body.seed,
@@ -61,36 +70,18 @@ def sampling_params(
             min_tokens=min(body.min_tokens, max_tokens),
             ignore_eos=body.ignore_eos,
             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+            prompt_logprobs=body.prompt_logprobs,
+            logit_bias=body.logit_bias,
+            allowed_token_ids=body.allowed_token_ids,
+            bad_words=body.bad_words,
+            skip_special_tokens=request.skip_special_tokens,
+            structured_outputs=structured.structured_outputs(request),
             output_kind=RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY,
         )
-    except (ValueError, VLLMValidationError) as exc:
+    except VLLMValidationError as exc:
+        raise APIError(400, exc.args[0], param=exc.parameter, code="invalid_value") from exc
+    except (ValueError, TypeError) as exc:
         raise APIError(400, str(exc), code="invalid_value") from exc
-
-
-def _logprobs(output: CompletionOutput, top: int) -> ChoiceLogprobs | None:
-    if output.logprobs is None:
-        return None
-    entries = []
-    sample: SampleLogprobs = output.logprobs
-    for token_id, candidates in zip(output.token_ids, sample, strict=True):
-        chosen = candidates[token_id]
-        ranked = sorted(candidates.values(), key=lambda lp: lp.rank or 0)[:top]
-        entries.append(
-            TokenLogprob(
-                token=chosen.decoded_token or "",
-                logprob=chosen.logprob,
-                bytes=list((chosen.decoded_token or "").encode()),
-                top_logprobs=[
-                    TopLogprob(
-                        token=lp.decoded_token or "",
-                        logprob=lp.logprob,
-                        bytes=list((lp.decoded_token or "").encode()),
-                    )
-                    for lp in ranked
-                ],
-            )
-        )
-    return ChoiceLogprobs(content=entries)
 
 
 @dataclass
@@ -99,22 +90,28 @@ class ChatAnswer:
 
     served: ServedRequest
     body: ChatCompletionRequest
+    request: VllmChatRequest  # vLLM's view of the body: what its tool parsers read
     engine_input: Any
     params: SamplingParams
     think: bool
     audio_token_id: int
+    logprobs: LogprobFormat
+    tool_calling: ToolCalling
+    echo: str = ""  # the text of the last message, put before the answer (`echo`)
+    role: str = "assistant"
     id: str = field(default_factory=completion_id)
 
     @property
     def prompt_ids(self) -> list[int]:
         return self.engine_input["prompt_token_ids"]
 
-    @property
-    def top(self) -> int:
-        return self.body.top_logprobs or 0
-
     def _outputs(self) -> AsyncIterator[Any]:
         return self.served.generate(self.engine_input, self.params, self.id, self.think)
+
+    def _parser(self) -> Parser | None:
+        if self.request.tool_choice in (None, "none"):
+            return None
+        return self.tool_calling.new_parser(self.request)
 
     def _usage(self, completion_tokens: int, cached_tokens: int) -> Usage:
         return Usage(
@@ -127,51 +124,80 @@ class ChatAnswer:
             ),
         )
 
+    def _choice(self, o: CompletionOutput) -> Choice:
+        content, calls = tools.parse_answer(self._parser(), o.text, o.token_ids, self.request)
+        if self.echo:
+            content = self.echo + (content or "")
+        return Choice(
+            index=o.index,
+            message=ResponseMessage(role=self.role, content=content, tool_calls=calls or None),
+            finish_reason=tools.finish_reason(self.request, bool(calls), o.finish_reason),
+            logprobs=self.logprobs.choice(o),
+        )
+
     async def completion(self) -> ChatCompletion:
         final = None
         async for out in self._outputs():
             final = out
         assert final is not None
-        choices = [
-            Choice(
-                index=o.index,
-                message=ResponseMessage(content=o.text),
-                finish_reason=o.finish_reason,
-                logprobs=_logprobs(o, self.top),
-            )
-            for o in final.outputs
-        ]
         completion_tokens = sum(len(o.token_ids) for o in final.outputs)
         return ChatCompletion(
             id=self.id,
             model=self.body.model,
-            choices=choices,
+            choices=[self._choice(o) for o in final.outputs],
             usage=self._usage(completion_tokens, final.num_cached_tokens or 0),
+            prompt_logprobs=prompt_logprobs(final.prompt_logprobs)
+            if self.body.prompt_logprobs is not None
+            else None,
         )
 
     async def chunks(self) -> AsyncIterator[str]:
         """OpenAI's chunk format, as JSON payloads for `ServedRequest.stream`."""
         created = int(time.time())
+        options = self.body.stream_options
+        continuous = options is not None and options.continuous_usage_stats
+        completion_tokens = cached_tokens = 0
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+            if continuous and usage is None:
+                usage = self._usage(completion_tokens, cached_tokens)
             return ChatCompletionChunk(
                 id=self.id, created=created, model=self.body.model, choices=choices, usage=usage
             ).model_dump_json(exclude_none=True)
 
-        role = Delta(role="assistant", content="")
-        yield chunk([ChunkChoice(index=i, delta=role) for i in range(self.body.n)])
-        completion_tokens = cached_tokens = 0
+        n = self.body.n
+        role = Delta(role=self.role, content="")
+        yield chunk([ChunkChoice(index=i, delta=role) for i in range(n)])
+        if self.echo:
+            yield chunk([ChunkChoice(index=i, delta=Delta(content=self.echo)) for i in range(n)])
+        parsers = [self._parser() for _ in range(n)]
+        called = [False] * n
         async for out in self._outputs():
             cached_tokens = out.num_cached_tokens or cached_tokens
             for o in out.outputs:
                 completion_tokens += len(o.token_ids)
-                if o.text or o.finish_reason:
-                    delta = ChunkChoice(
-                        index=o.index,
-                        delta=Delta(content=o.text or None),
-                        finish_reason=o.finish_reason,
-                        logprobs=_logprobs(o, self.top),
+                delta = Delta(content=o.text or None)
+                if (parser := parsers[o.index]) is not None:
+                    parsed = parser.parse_delta(
+                        o.text,
+                        list(o.token_ids),
+                        self.request,
+                        self.prompt_ids,
+                        finished=o.finish_reason is not None,
                     )
-                    yield chunk([delta])
-        if self.body.stream_options and self.body.stream_options.include_usage:
+                    delta = Delta(
+                        content=parsed.content or None if parsed else None,
+                        tool_calls=tools.delta_tool_calls(parsed, self.request) or None
+                        if parsed
+                        else None,
+                    )
+                    called[o.index] |= bool(delta.tool_calls)
+                logprobs = self.logprobs.choice(o)
+                if delta.content or delta.tool_calls or o.finish_reason or logprobs:
+                    reason = tools.finish_reason(self.request, called[o.index], o.finish_reason)
+                    choice = ChunkChoice(
+                        index=o.index, delta=delta, finish_reason=reason, logprobs=logprobs
+                    )
+                    yield chunk([choice])
+        if options and options.include_usage:
             yield chunk([], self._usage(completion_tokens, cached_tokens))
