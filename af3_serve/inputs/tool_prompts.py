@@ -4,7 +4,7 @@ assistant turn as `<tool_call>{"name", "arguments"}</tool_call>`, and a run of t
 as one user turn of `<tool_response>`s. Written as the text of ordinary turns, so the
 checkpoint's own template renders them, audio included; with AF3's ChatML template the
 prompt is character for character what Qwen2.5's template makes of the same conversation
-(tests/unit: against transformers' `apply_chat_template(tools=...)`)."""
+(tests/http/test_chat_tools.py: against transformers' `apply_chat_template(tools=...)`)."""
 
 import json
 from typing import Any
