@@ -164,11 +164,17 @@ class FakeEngine:
             )
             for i in range(params.n)
         ]
+        prompt_logprobs = None
+        if params.prompt_logprobs is not None:  # as vLLM: none for the first prompt token
+            prompt_logprobs = [None] + [
+                {t: Logprob(-2.0, 1, self.tokenizer.decode([t]))}
+                for t in prompt["prompt_token_ids"][1:]
+            ]
         return RequestOutput(
             request_id=request_id,
             prompt=None,
             prompt_token_ids=list(prompt["prompt_token_ids"]),
-            prompt_logprobs=None,
+            prompt_logprobs=prompt_logprobs,
             outputs=outputs,
             finished=last,
             metrics=stats,
