@@ -271,3 +271,34 @@ def test_refusals_are_400s_and_the_engine_lives_on(tool_server, llm_client, spee
         extra_body={"structured_outputs": {"choice": ["speech", "music"]}},
     )
     assert reply.choices[0].message.content in ("speech", "music")
+
+
+def test_logprob_bytes_prompt_logprobs_and_continuous_usage(llm_client, speech) -> None:
+    """The rest of vLLM's chat parameters on the real engine: random weights answer in
+    stray bytes, whose logprobs' bytes still rebuild the text."""
+    reply = llm_client.chat.completions.create(
+        model=MODEL,
+        messages=question(speech),
+        max_tokens=24,
+        temperature=1.0,
+        seed=3,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"prompt_logprobs": 0, "min_p": 0.01, "bad_words": ["zz"]},
+    )
+    choice = reply.choices[0]
+    raw = bytes(b for entry in choice.logprobs.content for b in entry.bytes)
+    assert raw.decode(errors="replace") == choice.message.content
+    prompt_logprobs = reply.model_extra["prompt_logprobs"]
+    assert len(prompt_logprobs) == reply.usage.prompt_tokens and prompt_logprobs[0] is None
+    chunks = list(
+        llm_client.chat.completions.create(
+            model=MODEL,
+            messages=question(speech),
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True, "continuous_usage_stats": True},
+        )
+    )
+    assert all(c.usage is not None for c in chunks)
+    assert chunks[-1].usage.completion_tokens == 5
