@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import Request
 from vllm import SamplingParams
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest as VllmChatRequest,
@@ -15,6 +16,7 @@ from vllm.outputs import CompletionOutput
 from vllm.parser.abstract_parser import Parser
 from vllm.sampling_params import RequestOutputKind
 
+from af3_serve.admission import Ticket
 from af3_serve.chat import structured, tools
 from af3_serve.chat.logprobs import LogprobFormat, prompt_logprobs
 from af3_serve.chat.protocol import (
@@ -29,8 +31,12 @@ from af3_serve.chat.protocol import (
     Usage,
     completion_id,
 )
+from af3_serve.chat.setup import ChatSetup
 from af3_serve.chat.tools import ToolCalling
+from af3_serve.chat.vllm_view import vllm_view
 from af3_serve.edge.errors import APIError
+from af3_serve.inputs.prompts import last_message_text, to_conversation
+from af3_serve.runtime import Runtime
 from af3_serve.serving import ServedRequest
 
 
@@ -201,3 +207,62 @@ class ChatAnswer:
                     yield chunk([choice])
         if options and options.include_usage:
             yield chunk([], self._usage(completion_tokens, cached_tokens))
+
+
+async def prepare_chat(
+    body: ChatCompletionRequest,
+    request: Request,
+    runtime: Runtime,
+    setup: ChatSetup,
+    endpoint: str = "chat",
+) -> ChatAnswer:
+    """Everything before the engine, along `ServedRequest`'s path: vLLM's checks of the
+    body, the tool settings' refusals and constraint, the prompt (audio decoded, template
+    rendered) and the sampling parameters checked as the engine checks them. Refusals are
+    400s before the engine, or a stream, sees the request. `endpoint` labels the metrics
+    (another endpoint that translates its body into a chat request reuses all of this)."""
+    think = runtime.models.is_think(body.model, body.thinking)
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "stream_options needs stream: true.", param="stream_options")
+    view = vllm_view(body)  # vLLM's checks of the fields it shares with us
+    from_tools = view.tools is not None and view.tool_choice not in (None, "none", "auto")
+    view = setup.tools.check(view)
+    tools = setup.tools.tool_dicts(view)
+    conversation, refs = to_conversation(body.messages, tools, runtime.inputs.default_system)
+    served = ServedRequest(runtime, request, endpoint)
+
+    async def prepare(ticket: Ticket) -> tuple[Any, SamplingParams]:
+        audios = await runtime.inputs.load_audios(refs, ticket)
+        engine_input = await runtime.inputs.render(
+            conversation,
+            audios,
+            think,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            template_kwargs=body.chat_template_kwargs,
+        )
+        prompt_len = len(engine_input["prompt_token_ids"])
+        params = sampling_params(body, view, prompt_len, runtime.inputs.max_model_len)
+        structured.verify(params, runtime.engine, structured.constraint_param(view, from_tools))
+        return engine_input, params
+
+    engine_input, params = await served.prepare(prepare)
+    # As vLLM: the answer continues the last turn when it is the answer's role.
+    role = "assistant" if body.add_generation_prompt else conversation[-1]["role"]
+    echo = body.echo and conversation[-1]["role"] == role
+    as_token_ids = body.return_tokens_as_token_ids
+    if as_token_ids is None:
+        as_token_ids = runtime.config.return_tokens_as_token_ids
+    return ChatAnswer(
+        served,
+        body,
+        view,
+        engine_input,
+        params,
+        think,
+        runtime.audio_token_id,
+        LogprobFormat(setup.token_bytes, body.top_logprobs or 0, as_token_ids),
+        setup.tools,
+        echo=last_message_text(conversation) if echo else "",
+        role=role,
+    )

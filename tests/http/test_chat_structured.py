@@ -112,3 +112,26 @@ async def test_what_the_backend_cannot_compile_is_a_400(api, speech, fields, par
     assert len(api.engine.started) == started  # refused before the engine
     after = await api.client.post(CHAT, json=chat_body(speech, max_tokens=2))
     assert after.status_code == 200  # and the server goes on
+
+
+guidance_api = server_fixture("--structured-outputs-config", '{"backend": "guidance"}')
+outlines_api = server_fixture("--structured-outputs-config", '{"backend": "outlines"}')
+
+
+@pytest.mark.parametrize(
+    ("name", "backend"), [("guidance_api", "guidance"), ("outlines_api", "outlines")]
+)
+async def test_the_configured_backend_checks_and_takes_the_constraint(
+    request, speech, name, backend
+):
+    """--structured-outputs-config picks vLLM's backend; it checks what it is given."""
+    server = request.getfixturevalue(name)
+    fields = {
+        "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA}}
+    }
+    response = await server.client.post(CHAT, json=chat_body(speech, max_tokens=2) | fields)
+    assert response.status_code == 200, response.text
+    assert constraint(server)._backend == backend
+    bad = {"structured_outputs": {"regex": "(unclosed"}}
+    response = await server.client.post(CHAT, json=chat_body(speech, max_tokens=2) | bad)
+    assert_error(response, 400, "structured_outputs")
