@@ -114,24 +114,26 @@ async def test_what_the_backend_cannot_compile_is_a_400(api, speech, fields, par
     assert after.status_code == 200  # and the server goes on
 
 
-guidance_api = server_fixture("--structured-outputs-config", '{"backend": "guidance"}')
-outlines_api = server_fixture("--structured-outputs-config", '{"backend": "outlines"}')
+# ({{ }}: server_fixture formats its flags)
+guidance_api = server_fixture("--structured-outputs-config", '{{"backend": "guidance"}}')
+outlines_api = server_fixture("--structured-outputs-config", '{{"backend": "outlines"}}')
 
 
-@pytest.mark.parametrize(
-    ("name", "backend"), [("guidance_api", "guidance"), ("outlines_api", "outlines")]
-)
-async def test_the_configured_backend_checks_and_takes_the_constraint(
-    request, speech, name, backend
-):
+async def check_backend(server, speech, backend: str) -> None:
     """--structured-outputs-config picks vLLM's backend; it checks what it is given."""
-    server = request.getfixturevalue(name)
-    fields = {
-        "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA}}
-    }
-    response = await server.client.post(CHAT, json=chat_body(speech, max_tokens=2) | fields)
+    schema = {"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA}}
+    body = chat_body(speech, max_tokens=2, response_format=schema)
+    response = await server.client.post(CHAT, json=body)
     assert response.status_code == 200, response.text
     assert constraint(server)._backend == backend
     bad = {"structured_outputs": {"regex": "(unclosed"}}
     response = await server.client.post(CHAT, json=chat_body(speech, max_tokens=2) | bad)
     assert_error(response, 400, "structured_outputs")
+
+
+async def test_the_guidance_backend(guidance_api, speech) -> None:
+    await check_backend(guidance_api, speech, "guidance")
+
+
+async def test_the_outlines_backend(outlines_api, speech) -> None:
+    await check_backend(outlines_api, speech, "outlines")
