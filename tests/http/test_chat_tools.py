@@ -9,6 +9,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
+from af3_serve.config import SettingsError, parse_args
 from tests.audio_files import audio_part
 from tests.conftest import make_clip
 from tests.http_helpers import CHAT, MODEL, assert_error, chat_body, server_fixture, sse_data
@@ -274,3 +275,19 @@ async def test_tool_choice_none_answers_text(tools_api) -> None:
     answer = response.json()["choices"][0]
     assert answer["message"]["content"] == CALL and answer["message"].get("tool_calls") is None
     assert answer["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--enable-auto-tool-choice"], "--enable-auto-tool-choice requires --tool-call-parser"),
+        (["--tool-call-parser", "nope"], "--tool-call-parser nope is not a tool parser"),
+    ],
+)
+def test_the_tool_flags_are_checked_at_start(flags, message) -> None:
+    with pytest.raises(SettingsError, match=message):
+        parse_args(["--model", "m", *flags])
+    config = parse_args(
+        ["--model", "m", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    )
+    assert config.enable_auto_tool_choice and config.tool_call_parser == "hermes"
