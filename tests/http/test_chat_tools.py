@@ -291,3 +291,17 @@ def test_the_tool_flags_are_checked_at_start(flags, message) -> None:
         ["--model", "m", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
     )
     assert config.enable_auto_tool_choice and config.tool_call_parser == "hermes"
+
+
+exclude_api = server_fixture("--exclude-tools-when-tool-choice-none")
+
+
+async def test_tools_left_out_of_the_prompt_for_tool_choice_none(
+    exclude_api, tools_api, tiny_checkpoint
+) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    for server, listed in ((exclude_api, False), (tools_api, True)):
+        request = body(messages=HISTORY[:1], tools=TOOLS, tool_choice="none")
+        assert (await server.client.post(CHAT, json=request)).status_code == 200
+        prompt = tokenizer.decode(server.engine.prompts[server.engine.started[-1]])
+        assert ("# Tools" in prompt) == listed
