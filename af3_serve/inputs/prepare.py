@@ -171,6 +171,9 @@ def _default_system(tokenizer: Any) -> str:
     """The system prompt the checkpoint's template adds when a conversation has none (AF3's
     "You are a helpful assistant."); tools are written after it, as Qwen2.5 writes them after
     its own."""
-    probe = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False)
+    try:
+        probe = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False)
+    except Exception:  # a template that takes no plain-text turn: tools follow no prompt
+        return ""
     found = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", probe, re.DOTALL)
     return found.group(1) if found else ""
