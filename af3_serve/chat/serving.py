@@ -14,7 +14,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import (
 from vllm.exceptions import VLLMValidationError
 from vllm.outputs import CompletionOutput
 from vllm.parser.abstract_parser import Parser
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from af3_serve.admission import Ticket
 from af3_serve.chat import structured, tools
@@ -40,14 +40,8 @@ from af3_serve.runtime import Runtime
 from af3_serve.serving import ServedRequest
 
 
-def sampling_params(
-    body: ChatCompletionRequest,
-    request: VllmChatRequest,
-    prompt_len: int,
-    max_model_len: int,
-) -> SamplingParams:
-    """`request` is vLLM's view of `body` after any tool parser adjusted it (its
-    structured-output constraint, its skip_special_tokens)."""
+def max_tokens_for(body: ChatCompletionRequest, prompt_len: int, max_model_len: int) -> int:
+    """The answer's budget: what the body asks for, at most the context the prompt left."""
     room = max_model_len - prompt_len
     max_tokens = body.max_completion_tokens or body.max_tokens or room
     if max_tokens > room:
@@ -58,6 +52,17 @@ def sampling_params(
             param="max_tokens",
             code="context_length_exceeded",
         )
+    return max_tokens
+
+
+def sampling_params(
+    body: ChatCompletionRequest,
+    request: VllmChatRequest,
+    max_tokens: int,
+    constraint: StructuredOutputsParams | None,
+) -> SamplingParams:
+    """`request` is vLLM's view of `body` after any tool parser adjusted it (its
+    skip_special_tokens); `constraint` its structured-output constraint."""
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
     try:
@@ -81,7 +86,7 @@ def sampling_params(
             allowed_token_ids=body.allowed_token_ids,
             bad_words=body.bad_words,
             skip_special_tokens=request.skip_special_tokens,
-            structured_outputs=structured.structured_outputs(request),
+            structured_outputs=constraint,
             output_kind=RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY,
         )
     except VLLMValidationError as exc:
@@ -227,6 +232,12 @@ async def prepare_chat(
     view = vllm_view(body)  # vLLM's checks of the fields it shares with us
     from_tools = view.tools is not None and view.tool_choice not in (None, "none", "auto")
     view = setup.tools.check(view)
+    # vLLM's own check of the parameters (the constraint compiled by the backend, the token
+    # ids in range), now: a refusal costs no admission and no audio decoding.
+    # (The checked constraint, its backend chosen, is the one the engine gets.)
+    constraint = structured.structured_outputs(view)
+    param = structured.constraint_param(view, from_tools)
+    structured.verify(sampling_params(body, view, 1, constraint), runtime.engine, param)
     tools = setup.tools.tool_dicts(view)
     conversation, refs = to_conversation(body.messages, tools, runtime.inputs.default_system)
     served = ServedRequest(runtime, request, endpoint)
@@ -242,9 +253,8 @@ async def prepare_chat(
             template_kwargs=body.chat_template_kwargs,
         )
         prompt_len = len(engine_input["prompt_token_ids"])
-        params = sampling_params(body, view, prompt_len, runtime.inputs.max_model_len)
-        structured.verify(params, runtime.engine, structured.constraint_param(view, from_tools))
-        return engine_input, params
+        max_tokens = max_tokens_for(body, prompt_len, runtime.inputs.max_model_len)
+        return engine_input, sampling_params(body, view, max_tokens, constraint)
 
     engine_input, params = await served.prepare(prepare)
     # As vLLM: the answer continues the last turn when it is the answer's role.

@@ -4,8 +4,8 @@
 
 The sampling parameters are checked here with vLLM's own `SamplingParams.verify`, the check
 the engine's input processor runs, so a schema, regex or grammar the backend cannot compile
-is a 400 naming the field before the request is admitted to the engine (and before a stream
-starts), never an engine failure."""
+is a 400 naming the field before the request is admitted (no audio decoded, no stream
+started), never an engine failure."""
 
 from vllm import SamplingParams
 from vllm.engine.protocol import EngineClient
