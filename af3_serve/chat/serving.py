@@ -11,6 +11,7 @@ from vllm import SamplingParams
 from vllm.entrypoints.openai.chat_completion.protocol import (
     ChatCompletionRequest as VllmChatRequest,
 )
+from vllm.entrypoints.serve.utils.api_utils import should_include_usage
 from vllm.exceptions import VLLMValidationError
 from vllm.outputs import CompletionOutput
 from vllm.parser.abstract_parser import Parser
@@ -165,8 +166,8 @@ class ChatAnswer:
     async def chunks(self) -> AsyncIterator[str]:
         """OpenAI's chunk format, as JSON payloads for `ServedRequest.stream`."""
         created = int(time.time())
-        options = self.body.stream_options
-        continuous = options is not None and options.continuous_usage_stats
+        # vLLM's rule: usage on every chunk needs include_usage too.
+        include_usage, continuous = should_include_usage(self.body.stream_options, False)
         completion_tokens = cached_tokens = 0
 
         def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
@@ -210,7 +211,7 @@ class ChatAnswer:
                         index=o.index, delta=delta, finish_reason=reason, logprobs=logprobs
                     )
                     yield chunk([choice])
-        if options and options.include_usage:
+        if include_usage:
             yield chunk([], self._usage(completion_tokens, cached_tokens))
 
 
