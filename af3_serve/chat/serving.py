@@ -231,13 +231,14 @@ async def prepare_chat(
     if body.stream_options is not None and not body.stream:
         raise APIError(400, "stream_options needs stream: true.", param="stream_options")
     view = vllm_view(body)  # vLLM's checks of the fields it shares with us
-    from_tools = view.tools is not None and view.tool_choice not in (None, "none", "auto")
+    asked = view.structured_outputs
     view = setup.tools.check(view)
     # vLLM's own check of the parameters (the constraint compiled by the backend, the token
-    # ids in range), now: a refusal costs no admission and no audio decoding.
-    # (The checked constraint, its backend chosen, is the one the engine gets.)
+    # ids in range), now: a refusal costs no admission and no audio decoding. The checked
+    # constraint, its backend chosen, is the one the engine gets; one the tool parser wrote
+    # is named "tools" in a refusal.
     constraint = structured.structured_outputs(view)
-    param = structured.constraint_param(view, from_tools)
+    param = structured.constraint_param(view, view.structured_outputs is not asked)
     structured.verify(sampling_params(body, view, 1, constraint), runtime.engine, param)
     tools = setup.tools.tool_dicts(view)
     conversation, refs = to_conversation(body.messages, tools, runtime.inputs.default_system)

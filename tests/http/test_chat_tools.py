@@ -305,3 +305,17 @@ async def test_tools_left_out_of_the_prompt_for_tool_choice_none(
         assert (await server.client.post(CHAT, json=request)).status_code == 200
         prompt = tokenizer.decode(server.engine.prompts[server.engine.started[-1]])
         assert ("# Tools" in prompt) == listed
+
+
+async def test_a_tool_schema_the_backend_cannot_compile_is_a_400_naming_tools(tools_api, speech):
+    bad = [
+        {
+            "type": "function",
+            "function": {"name": "bad", "parameters": {"type": "nope"}, "strict": True},
+        }
+    ]
+    for choice in ("required", {"type": "function", "function": {"name": "bad"}}):
+        fields = {"tools": bad, "tool_choice": choice}
+        response = await tools_api.client.post(CHAT, json=chat_body(speech, max_tokens=2) | fields)
+        assert_error(response, 400, "tools")
+    assert tools_api.engine.started == []
