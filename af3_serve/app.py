@@ -15,6 +15,7 @@ from vllm.engine.protocol import EngineClient
 from af3_model_executor import ARCHITECTURE
 from af3_serve import __version__, metrics
 from af3_serve.chat.router import router as chat_router
+from af3_serve.chat.setup import ChatSetup
 from af3_serve.completions.router import router as completions_router
 from af3_serve.config import ServerConfig
 from af3_serve.demo import mount_demo_page
@@ -94,6 +95,7 @@ def _lifespan(
             )
         runtime = Runtime(config, start_engine(), files)
         app.state.runtime = runtime
+        app.state.chat = ChatSetup.build(runtime)
         watcher = asyncio.create_task(_watch_engine(runtime, on_engine_dead))
         try:
             yield

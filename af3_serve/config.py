@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vllm.engine.arg_utils import AsyncEngineArgs, get_kwargs, optional_type
+from vllm.tool_parsers.tool_strict_level import ToolStrictLevelName
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 from af3_model_executor.constants import (
@@ -110,6 +111,26 @@ class ServerSettings:
     """Seconds of /health 503 before exiting when the engine dies."""
     demo_page: bool = True
     """Serve the browser demo page at /."""
+    # vLLM's frontend flags for chat, same names and meaning as `vllm serve`'s.
+    enable_auto_tool_choice: bool = False
+    """Enable tool calling (tool_choice "auto", "required" or a function) with the parser
+    --tool-call-parser names (vLLM's flag)."""
+    tool_call_parser: str | None = None
+    """vLLM's tool-call parser that turns the model's text into OpenAI tool calls, e.g.
+    hermes (Qwen2.5's format, which af3-serve writes the tools in); any parser vLLM ships or
+    a plugin registers (vLLM's flag)."""
+    tool_parser_plugin: str = ""
+    """A Python file registering more tool parsers with vLLM's ToolParserManager (vLLM's
+    flag)."""
+    exclude_tools_when_tool_choice_none: bool = False
+    """Leave the tools out of the prompt when tool_choice is "none" (vLLM's flag)."""
+    tool_strict_level: ToolStrictLevelName = "auto"
+    """How far tool calls are constrained (vLLM's flag): 'auto' pins a tool's arguments to
+    its schema when the tool says "strict": true, 'function' constrains the call's envelope
+    and name for every request with tools, 'parameter' pins every tool's arguments."""
+    return_tokens_as_token_ids: bool = False
+    """Write logprobs' tokens as 'token_id:N' unless a request says otherwise (vLLM's
+    flag)."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +234,22 @@ def _check_engine_flags(args: argparse.Namespace, parser: argparse.ArgumentParse
         raise SettingsError("--served-model-name takes one name (the thinking model has its own)")
 
 
+def _check_tool_flags(args: argparse.Namespace) -> None:
+    """vLLM's start-up checks of its tool flags."""
+    from vllm.tool_parsers import ToolParserManager
+
+    if args.tool_parser_plugin:
+        ToolParserManager.import_tool_parser(args.tool_parser_plugin)
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        raise SettingsError("--enable-auto-tool-choice requires --tool-call-parser")
+    known = ToolParserManager.list_registered()
+    if args.tool_call_parser is not None and args.tool_call_parser not in known:
+        raise SettingsError(
+            f"--tool-call-parser {args.tool_call_parser} is not a tool parser vLLM knows; "
+            f"choose from {', '.join(sorted(known))}"
+        )
+
+
 def _api_keys(settings: argparse.Namespace) -> frozenset[str]:
     keys = set(settings.api_key)
     if settings.api_key_file is not None:
@@ -227,6 +264,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_engine_flags(args, parser)
+    _check_tool_flags(args)
     ours = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings)}
     try:
         api_keys = _api_keys(args)

@@ -1,6 +1,6 @@
 """What the endpoints share of OpenAI's schema: content parts (text, input_audio, audio_url),
-messages, token usage, and request ids. Each endpoint's own request and response models live in its
-package (`chat/protocol.py`, `speech/protocol.py`).
+messages (tool calls and tool results included), token usage, and request ids. Each endpoint's own
+request and response models live in its package (`chat/protocol.py`, `speech/protocol.py`).
 
 Request models forbid unknown fields, so a parameter we do not implement is a clear 400
 instead of being silently ignored.
@@ -57,13 +57,35 @@ class UserMessage(StrictModel):
     name: str | None = None
 
 
+class FunctionCall(StrictModel):
+    name: str
+    arguments: str = Field(description="the arguments as a JSON object, encoded")
+
+
+class ToolCall(StrictModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(StrictModel):
     role: Literal["assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    # What OpenAI's client sends back with an assistant turn it received; not rendered.
+    refusal: str | None = None
 
 
-Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+class ToolMessage(StrictModel):
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+Message = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
+]
 
 
 class PromptTokensDetails(BaseModel):

@@ -1,6 +1,8 @@
 """What chat and text completions share of a request: the sampling fields (OpenAI's and the
-vLLM extensions we serve) and the one mapping of them onto vLLM's `SamplingParams`, with
-the context check that names `max_tokens`."""
+vLLM extensions we serve), the context check that names `max_tokens`, and the one mapping of
+them onto vLLM's `SamplingParams`."""
+
+from typing import Any
 
 from pydantic import Field
 from vllm import SamplingParams
@@ -13,6 +15,7 @@ from af3_serve.protocol import StrictModel
 
 class StreamOptions(StrictModel):
     include_usage: bool = False
+    continuous_usage_stats: bool = False  # usage on every chunk (vLLM's extension)
 
 
 class SamplingRequest(StrictModel):
@@ -32,6 +35,11 @@ class SamplingRequest(StrictModel):
     user: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # vLLM's sampling extensions and OpenAI's logit_bias (token id -> bias).
+    logit_bias: dict[str, float] | None = None
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
 
     def answer_tokens(self) -> int | None:
         """The answer's token limit the client asked for (None: what the context leaves)."""
@@ -47,7 +55,8 @@ def check_stream_options(body: SamplingRequest) -> None:
         raise APIError(400, "stream_options needs stream: true.", param="stream_options")
 
 
-def sampling_params(body: SamplingRequest, prompt_len: int, max_model_len: int) -> SamplingParams:
+def max_tokens_for(body: SamplingRequest, prompt_len: int, max_model_len: int) -> int:
+    """The answer's budget: what the body asks for, at most the context the prompt left."""
     room = max_model_len - prompt_len
     max_tokens = body.answer_tokens() or room
     if max_tokens > room:
@@ -58,12 +67,19 @@ def sampling_params(body: SamplingRequest, prompt_len: int, max_model_len: int) 
             param="max_tokens",
             code="context_length_exceeded",
         )
+    return max_tokens
+
+
+def sampling_params(body: SamplingRequest, max_tokens: int, **extra: Any) -> SamplingParams:
+    """The body's sampling as vLLM's `SamplingParams`, checked by vLLM; `extra` holds what
+    only one endpoint sets (chat's constraint, prompt logprobs, special tokens)."""
     try:
-        return SamplingParams(
+        return SamplingParams.from_optional(
             n=body.n,
             temperature=body.temperature,
             top_p=body.top_p,
             top_k=body.top_k,
+            min_p=body.min_p,
             max_tokens=max_tokens,
             stop=body.stop,
             seed=body.seed,
@@ -73,7 +89,13 @@ def sampling_params(body: SamplingRequest, prompt_len: int, max_model_len: int) 
             min_tokens=min(body.min_tokens, max_tokens),
             ignore_eos=body.ignore_eos,
             logprobs=body.logprobs_asked(),
+            logit_bias=body.logit_bias,
+            allowed_token_ids=body.allowed_token_ids,
+            bad_words=body.bad_words,
             output_kind=RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY,
+            **extra,
         )
-    except (ValueError, VLLMValidationError) as exc:
+    except VLLMValidationError as exc:
+        raise APIError(400, exc.args[0], param=exc.parameter, code="invalid_value") from exc
+    except (ValueError, TypeError) as exc:
         raise APIError(400, str(exc), code="invalid_value") from exc

@@ -1,13 +1,20 @@
 """The OpenAI chat-completions schema, as far as AF3 serves it: the request body, the
 completion and its chunks. Content parts and messages are shared with the other endpoints
-(`af3_serve/protocol.py`)."""
+(`af3_serve/protocol.py`). Structured outputs and tools take vLLM's own types, so a body
+`vllm serve` accepts means the same here."""
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
+from vllm.entrypoints.generate.base.protocol import AnyResponseFormat
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionNamedToolChoiceParam,
+    ChatCompletionToolsParam,
+)
+from vllm.sampling_params import StructuredOutputsParams
 
 from af3_serve.edge.errors import APIError
-from af3_serve.protocol import Message, ModelAnswer, Usage, random_id
+from af3_serve.protocol import Message, ModelAnswer, ToolCall, Usage, random_id
 from af3_serve.sampling import SamplingRequest
 
 # What a load balancer adds to every chat body it forwards (vLLM's router re-serializes the
@@ -16,7 +23,6 @@ from af3_serve.sampling import SamplingRequest
 # parameter (400, naming it).
 BALANCER_DEFAULTS: dict[str, bool] = {
     "no_stop_trim": False,
-    "continue_final_message": False,
     "skip_special_tokens": True,
     "separate_reasoning": True,
     "stream_reasoning": True,
@@ -43,6 +49,22 @@ class ChatCompletionRequest(SamplingRequest):
     thinking: bool | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Structured outputs: OpenAI's field, and vLLM's extension (json, regex, choice, grammar,
+    # structural_tag), both mapped to vLLM's StructuredOutputsParams.
+    response_format: AnyResponseFormat | None = None
+    structured_outputs: StructuredOutputsParams | None = None
+    tools: list[ChatCompletionToolsParam] | None = None
+    tool_choice: Literal["none", "auto", "required"] | ChatCompletionNamedToolChoiceParam | None = (
+        None  # OpenAI's default: "auto" with tools, "none" without
+    )
+    parallel_tool_calls: bool | None = True
+    prompt_logprobs: int | None = Field(None, ge=-1)
+    return_tokens_as_token_ids: bool | None = None  # default: the server's flag
+    # Chat-template controls, as vLLM's.
+    echo: bool = False
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def answer_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -67,9 +89,16 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob]
 
 
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
 class ResponseMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
+    role: str = "assistant"  # the last message's role when it is continued (echo)
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
@@ -87,11 +116,29 @@ class ChatCompletion(ModelAnswer):
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[Choice]
     usage: Usage
+    # vLLM's extension (prompt_logprobs): per prompt token, its candidates by token id.
+    prompt_logprobs: list[dict[int, PromptLogprob] | None] | None = None
+
+
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    """A piece of a tool call in a stream, as OpenAI sends it: the first piece of call
+    `index` carries its id, type and name; later ones add to its arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunctionCall | None = None
 
 
 class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
+    role: str | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

@@ -6,9 +6,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from vllm.exceptions import VLLMValidationError
 
 from af3_serve.chat.protocol import ChatCompletion, ChatCompletionRequest
-from af3_serve.chat.serving import chat_answer
+from af3_serve.chat.serving import prepare_chat
+from af3_serve.chat.setup import ChatSetup, get_chat_setup
+from af3_serve.chat.vllm_view import vllm_error
 from af3_serve.edge.auth import require_api_key
 from af3_serve.runtime import Runtime, get_runtime
 
@@ -31,6 +34,8 @@ async def chat_request_body(request: Request) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors(include_url=False)) from exc
+    except VLLMValidationError as exc:  # raised by StructuredOutputsParams itself
+        raise vllm_error(exc, "structured_outputs") from exc
 
 
 @router.post(
@@ -43,8 +48,9 @@ async def chat_completions(
     body: Annotated[ChatCompletionRequest, Depends(chat_request_body)],
     request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
+    setup: Annotated[ChatSetup, Depends(get_chat_setup)],
 ) -> ChatCompletion | StreamingResponse:
-    answer = await chat_answer(body, request, runtime)
+    answer = await prepare_chat(body, request, runtime, setup)
     if body.stream:
         return answer.served.stream(answer.chunks())
     return await answer.served.answer(answer.completion())

@@ -13,7 +13,7 @@ from af3_serve.completions.serving import CompletionAnswer
 from af3_serve.edge.auth import require_api_key
 from af3_serve.edge.errors import APIError
 from af3_serve.runtime import Runtime, get_runtime
-from af3_serve.sampling import check_stream_options, sampling_params
+from af3_serve.sampling import check_stream_options, max_tokens_for, sampling_params
 from af3_serve.serving import ServedRequest
 
 router = APIRouter()
@@ -46,7 +46,8 @@ async def completions(
             for i, p in enumerate(prompts)
         ]
         longest = max(len(i["prompt_token_ids"]) for i in inputs)
-        return inputs, sampling_params(body, longest, runtime.inputs.max_model_len)
+        max_tokens = max_tokens_for(body, longest, runtime.inputs.max_model_len)
+        return inputs, sampling_params(body, max_tokens)
 
     inputs, params = await served.prepare(prepare)
     answer = CompletionAnswer(served, body, inputs, params, think, runtime.inputs.tokenizer)

@@ -3,6 +3,8 @@ the event loop (its seconds reserved against the backlog first), the prompt rend
 vLLM's renderer, which runs our multimodal processor."""
 
 import asyncio
+import inspect
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -48,6 +50,11 @@ class InputPreparer:
         self.max_model_len = engine.model_config.max_model_len
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.audio_token_id: int = engine.model_config.hf_config.audio_token_id
+        self.default_system = _default_system(self.tokenizer)
+        # chat_template_kwargs may not set what the server itself passes to the template.
+        self.reserved_template_kwargs = {"messages"} | set(
+            inspect.signature(self.tokenizer.apply_chat_template).parameters
+        )
         self.media = MediaPolicy(
             max_bytes=config.max_request_bytes,
             allowed_domains=config.allowed_media_domains,
@@ -140,19 +147,29 @@ class InputPreparer:
         think: bool = False,
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> Any:
         """Prompt tokens with each `<sound>` expanded, run through our processor. Thinking
         mode gets AF3's suffix on the question and, when its adapter retrained the adaptor,
-        sends the audios through that one. The last two are the chat template's own
-        (transformers' `apply_chat_template`)."""
+        sends the audios through that one. The template options are vLLM's request fields
+        (`add_generation_prompt`, `continue_final_message`, `chat_template_kwargs`)."""
         if think:
             conversation = with_think_suffix(conversation)
+        kwargs = template_kwargs or {}
+        if reserved := sorted(self.reserved_template_kwargs & kwargs.keys()):
+            raise APIError(
+                400,
+                f"chat_template_kwargs may not set {', '.join(reserved)}.",
+                param="chat_template_kwargs",
+                code="invalid_value",
+            )
         try:
             prompt = self.tokenizer.apply_chat_template(
                 conversation,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 continue_final_message=continue_final_message,
+                **kwargs,
             )
             prompt.encode()
         except UnicodeError as exc:  # e.g. a lone surrogate from a JSON \ud800 escape
@@ -164,7 +181,10 @@ class InputPreparer:
             ) from exc
         except (ValueError, TemplateError) as exc:  # what the template refuses to render
             raise APIError(
-                400, f"The chat template cannot render the messages: {exc}", param="messages"
+                400,
+                f"The chat template cannot render the messages: {exc}",
+                param="messages",
+                code="invalid_value",
             ) from exc
         request: dict[str, Any] = {"prompt": prompt}
         if audios:
@@ -187,3 +207,15 @@ class InputPreparer:
 
     def shutdown(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _default_system(tokenizer: Any) -> str:
+    """The system prompt the checkpoint's template adds when a conversation has none (AF3's
+    "You are a helpful assistant."); tools are written after it, as Qwen2.5 writes them after
+    its own."""
+    try:
+        probe = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False)
+    except Exception:  # a template that takes no plain-text turn: tools follow no prompt
+        return ""
+    found = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>", probe, re.DOTALL)
+    return found.group(1) if found else ""

@@ -1,10 +1,20 @@
 """OpenAI messages -> the checkpoint's chat template, and the request's audios in order."""
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from af3_model_executor.think_adapter import THINK_SUFFIX
-from af3_serve.protocol import AudioPart, Message, TextPart, UserMessage
+from af3_serve.edge.errors import APIError
+from af3_serve.inputs import tool_prompts
+from af3_serve.protocol import (
+    AssistantMessage,
+    AudioPart,
+    Message,
+    TextPart,
+    ToolMessage,
+    UserMessage,
+)
 
 
 @dataclass(frozen=True)
@@ -19,14 +29,46 @@ def _text(content: str | list[TextPart] | None) -> str:
     return "".join(part.text for part in content)
 
 
-def to_conversation(messages: list[Message]) -> tuple[list[dict[str, Any]], list[AudioRef]]:
+def _assistant_text(message: AssistantMessage, i: int) -> str:
+    calls = []
+    for j, call in enumerate(message.tool_calls or ()):
+        try:
+            arguments = json.loads(call.function.arguments)
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise APIError(
+                400,
+                "A tool call's arguments must be a JSON object, encoded as a string.",
+                param=f"messages[{i}].tool_calls[{j}].function.arguments",
+                code="invalid_value",
+            )
+        calls.append(tool_prompts.tool_call_text(call.function.name, arguments))
+    return tool_prompts.assistant_text(_text(message.content), calls)
+
+
+def to_conversation(
+    messages: list[Message],
+    tools: list[dict[str, Any]] | None = None,
+    default_system: str = "",
+) -> tuple[list[dict[str, Any]], list[AudioRef]]:
     """The HF chat-template form of the messages ({"type": "audio"} marks each audio),
-    and the audio parts in prompt order."""
+    and the audio parts in prompt order. Tools, tool calls and tool results are written in
+    Qwen2.5's format (`tool_prompts.py`); `default_system` is the template's own system
+    prompt, which the tools follow when the request has none."""
     conversation: list[dict[str, Any]] = []
     audios: list[AudioRef] = []
     for i, message in enumerate(messages):
         role = "system" if message.role == "developer" else message.role
-        if isinstance(message, UserMessage) and not isinstance(message.content, str):
+        if isinstance(message, ToolMessage):
+            previous = conversation[-1] if conversation else None
+            if previous is not None and previous.get("tool_results") is not None:
+                previous["tool_results"].append(_text(message.content))
+            else:
+                conversation.append({"role": "user", "tool_results": [_text(message.content)]})
+        elif isinstance(message, AssistantMessage) and message.tool_calls:
+            conversation.append({"role": role, "content": _assistant_text(message, i)})
+        elif isinstance(message, UserMessage) and not isinstance(message.content, str):
             content: list[dict[str, Any]] = []
             for j, part in enumerate(message.content):
                 if isinstance(part, TextPart):
@@ -38,7 +80,25 @@ def to_conversation(messages: list[Message]) -> tuple[list[dict[str, Any]], list
             conversation.append({"role": role, "content": content})
         else:
             conversation.append({"role": role, "content": _text(message.content)})
+    for turn in conversation:
+        if (results := turn.pop("tool_results", None)) is not None:
+            turn["content"] = tool_prompts.tool_results_text(results)
+    if tools:
+        if conversation and conversation[0]["role"] == "system":
+            system = conversation[0]["content"]
+        else:
+            system = default_system
+            conversation.insert(0, {"role": "system", "content": ""})
+        conversation[0]["content"] = tool_prompts.system_with_tools(system, tools)
     return conversation, audios
+
+
+def last_message_text(conversation: list[dict[str, Any]]) -> str:
+    """The text of the last turn (what `echo` puts before the answer)."""
+    content = conversation[-1]["content"] if conversation else ""
+    if isinstance(content, str):
+        return content
+    return "".join(part["text"] for part in content if part["type"] == "text")
 
 
 def with_think_suffix(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:

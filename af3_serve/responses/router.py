@@ -6,7 +6,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from af3_serve.chat.serving import chat_answer
+from af3_serve.chat.serving import prepare_chat
+from af3_serve.chat.setup import ChatSetup, get_chat_setup
 from af3_serve.edge.auth import require_api_key
 from af3_serve.edge.errors import APIError
 from af3_serve.protocol import AssistantMessage
@@ -39,6 +40,7 @@ async def create_response(
     request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
     store: Annotated[ResponseStore, Depends(get_store)],
+    setup: Annotated[ChatSetup, Depends(get_chat_setup)],
 ) -> Response | StreamingResponse:
     _refuse_unserved(body)
     history = []
@@ -56,7 +58,7 @@ async def create_response(
     turn, audio_params = to_messages(body, history)
     chat = chat_request(body, history + turn)
     try:
-        answer = await chat_answer(chat, request, runtime, "responses", audio_params)
+        answer = await prepare_chat(chat, request, runtime, setup, "responses", audio_params)
     except APIError as exc:
         if exc.param == "messages":  # a whole-conversation problem: this request's input
             exc.param = "input"

@@ -53,9 +53,9 @@ async def test_unknown_model(api, second) -> None:
 
 
 async def test_unknown_parameter(api, second) -> None:
-    response = await post(api, request([audio_part(second)], tools=[]))
-    error = assert_error(response, 400, "tools", "unsupported_parameter")
-    assert "tools" in error["message"]
+    response = await post(api, request([audio_part(second)], web_search_options={}))
+    error = assert_error(response, 400, "web_search_options", "unsupported_parameter")
+    assert "web_search_options" in error["message"]
 
 
 async def test_invalid_parameter_value(api, second) -> None:

@@ -58,6 +58,7 @@ class FakeEngine:
         self.finished: list[str] = []
         self.aborted: list[str] = []
         self.prompts: dict[str, list[int]] = {}
+        self.params: dict[str, SamplingParams] = {}  # what each request was sampled with
         self.lora: dict[str, str | None] = {}
         # A request's own answer by its id (e.g. one per speech window), which ends with
         # finish_reason "stop" when it is shorter than max_tokens; without it, ANSWER repeats
@@ -102,6 +103,7 @@ class FakeEngine:
             raise self.dead_error
         self.started.append(request_id)
         self.prompts[request_id] = list(prompt["prompt_token_ids"])
+        self.params[request_id] = sampling_params
         self.lora[request_id] = lora_request.lora_name if lora_request else None
         params = sampling_params
         delta = params.output_kind == RequestOutputKind.DELTA
@@ -162,11 +164,17 @@ class FakeEngine:
             )
             for i in range(params.n)
         ]
+        prompt_logprobs = None
+        if params.prompt_logprobs is not None:  # as vLLM: none for the first prompt token
+            prompt_logprobs = [None] + [
+                {t: Logprob(-2.0, 1, self.tokenizer.decode([t]))}
+                for t in prompt["prompt_token_ids"][1:]
+            ]
         return RequestOutput(
             request_id=request_id,
             prompt=None,
             prompt_token_ids=list(prompt["prompt_token_ids"]),
-            prompt_logprobs=None,
+            prompt_logprobs=prompt_logprobs,
             outputs=outputs,
             finished=last,
             metrics=stats,

@@ -243,7 +243,7 @@ CASES = [
     Case("n of 1000", (400,), chat({**GOOD, "n": 1000})),
     Case("top_logprobs of 50", (400,), chat({**GOOD, "logprobs": True, "top_logprobs": 50})),
     Case("tools", (400,), chat({**GOOD, "tools": [{"type": "function"}]})),
-    Case("response_format", (400,), chat({**GOOD, "response_format": {"type": "json_object"}})),
+    Case("response_format", (400,), chat({**GOOD, "response_format": {"type": "json_schema"}})),
     Case("stream_options without stream", (400,), chat({**GOOD, "stream_options": {}})),
     Case("unknown model", (404,), chat({**GOOD, "model": "gpt-4o"})),
     Case("missing model", (400,), chat({k: v for k, v in GOOD.items() if k != "model"})),
