@@ -5,7 +5,7 @@ or the whole input, and the streamed events by their OpenAI names."""
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from af3_serve.protocol import InputAudio, StrictModel, random_id
 
@@ -83,12 +83,44 @@ InputItem = Annotated[
 ]
 
 
-class TextFormat(StrictModel):
+class PlainText(StrictModel):
     type: Literal["text"] = "text"
 
 
+class JsonObject(StrictModel):
+    type: Literal["json_object"]
+
+
+class JsonSchema(StrictModel):
+    """The Responses API's json_schema format: flat, where chat nests it in `json_schema`."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["json_schema"]
+    name: str
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+
+TextFormat = Annotated[PlainText | JsonObject | JsonSchema, Field(discriminator="type")]
+
+
 class TextConfig(StrictModel):
-    format: TextFormat = TextFormat()
+    format: TextFormat = PlainText()
+    verbosity: Literal["medium"] | None = None  # the only one AF3 has
+
+
+class FunctionTool(StrictModel):
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedFunction(StrictModel):
+    type: Literal["function"]
+    name: str
 
 
 class Reasoning(StrictModel):
@@ -109,8 +141,8 @@ class ResponsesRequest(StrictModel):
     metadata: dict[str, str] | None = None
     user: str | None = None
     text: TextConfig | None = None
-    tools: list[dict[str, Any]] = []
-    tool_choice: str | dict[str, Any] = "auto"
+    tools: list[FunctionTool] = []
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction = "auto"
     parallel_tool_calls: bool = True
     # Thinking is AF3's `-think` model (or `thinking`); no reasoning effort to set.
     reasoning: Reasoning | None = None
@@ -137,6 +169,17 @@ class OutputMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
     content: list[OutputTextPart] = []
+
+
+class FunctionCallOutputItem(BaseModel):
+    """A tool call in the answer, as the Responses API puts it among the output items."""
+
+    id: str = Field(default_factory=lambda: random_id("fc"))
+    type: Literal["function_call"] = "function_call"
+    status: Literal["completed"] = "completed"
+    call_id: str
+    name: str
+    arguments: str
 
 
 class InputTokensDetails(BaseModel):
@@ -170,7 +213,7 @@ class Response(BaseModel):
     created_at: int = Field(default_factory=lambda: int(time.time()))
     status: Literal["in_progress", "completed", "incomplete", "failed"] = "in_progress"
     model: str
-    output: list[OutputMessage] = []
+    output: list[OutputMessage | FunctionCallOutputItem] = []
     usage: ResponseUsage | None = None
     error: Any = None
     incomplete_details: IncompleteDetails | None = None
@@ -180,8 +223,8 @@ class Response(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     parallel_tool_calls: bool = True
-    tool_choice: str | dict[str, Any] = "auto"
-    tools: list[dict[str, Any]] = []
+    tool_choice: Literal["none", "auto", "required"] | NamedFunction = "auto"
+    tools: list[FunctionTool] = []
     text: TextConfig = TextConfig()
     store: bool = True
     metadata: dict[str, str] = {}

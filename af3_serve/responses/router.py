@@ -10,7 +10,6 @@ from af3_serve.chat.serving import prepare_chat
 from af3_serve.chat.setup import ChatSetup, get_chat_setup
 from af3_serve.edge.auth import require_api_key
 from af3_serve.edge.errors import APIError
-from af3_serve.protocol import AssistantMessage
 from af3_serve.responses.protocol import Response, ResponsesRequest
 from af3_serve.responses.serving import ResponseAnswer, chat_request, to_messages
 from af3_serve.responses.store import ResponseStore
@@ -24,10 +23,6 @@ def get_store(request: Request) -> ResponseStore:
 
 
 def _refuse_unserved(body: ResponsesRequest) -> None:
-    if body.tools:
-        raise APIError(400, "Function tools are not served on /v1/responses yet.", param="tools")
-    if body.tool_choice not in ("auto", "none"):
-        raise APIError(400, "tool_choice needs tools, which are not served.", param="tool_choice")
     if body.include:
         raise APIError(
             400, "include is not served: there is nothing more to include.", param="include"
@@ -60,15 +55,16 @@ async def create_response(
     try:
         answer = await prepare_chat(chat, request, runtime, setup, "responses", audio_params)
     except APIError as exc:
-        if exc.param == "messages":  # a whole-conversation problem: this request's input
-            exc.param = "input"
+        # Named as this request names them: a whole-conversation problem is its input's.
+        exc.param = {"messages": "input", "response_format": "text.format"}.get(
+            exc.param, exc.param
+        )
         raise
     response = ResponseAnswer(body)
 
     def keep(done: Response) -> None:
         if body.store:
-            said = AssistantMessage(role="assistant", content=done.output[0].content[0].text)
-            done.store = store.put(done, [*history, *turn, said])
+            done.store = store.put(done, [*history, *turn, response.said])
 
     if body.stream:
         return answer.served.stream(response.events(answer.chunks(), keep), done=False)

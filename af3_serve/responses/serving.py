@@ -19,16 +19,24 @@ from af3_serve.protocol import (
     Message,
     SystemMessage,
     TextPart,
+    ToolCall,
+    ToolMessage,
     Usage,
     UserMessage,
 )
+from af3_serve.protocol import FunctionCall as CalledFunction
 from af3_serve.responses.protocol import (
+    FunctionCall,
+    FunctionCallOutput,
+    FunctionCallOutputItem,
     IncompleteDetails,
     InputAudioContent,
     InputFile,
     InputMessage,
     InputText,
     InputTokensDetails,
+    JsonObject,
+    JsonSchema,
     OutputMessage,
     OutputText,
     OutputTextPart,
@@ -102,6 +110,18 @@ def _message(item: InputMessage, path: str, audio_params: list[str]) -> Message:
     return SystemMessage(role=item.role, content=content)
 
 
+def _add_call(turn: list[Message], item: FunctionCall) -> None:
+    """A call the model made: calls in a row are one assistant turn (parallel calls)."""
+    call = ToolCall(
+        id=item.call_id, function=CalledFunction(name=item.name, arguments=item.arguments)
+    )
+    last = turn[-1] if turn else None
+    if isinstance(last, AssistantMessage) and last.tool_calls:
+        last.tool_calls.append(call)
+    else:
+        turn.append(AssistantMessage(role="assistant", tool_calls=[call]))
+
+
 def to_messages(body: ResponsesRequest, history: list[Message]) -> tuple[list[Message], list[str]]:
     """This turn's input as chat messages (after `history`, the stored conversation), and
     where in the request each audio came from, in prompt order."""
@@ -116,14 +136,14 @@ def to_messages(body: ResponsesRequest, history: list[Message]) -> tuple[list[Me
         turn.append(UserMessage(role="user", content=body.input))
     else:
         for i, item in enumerate(body.input):
-            if not isinstance(item, InputMessage):
-                raise APIError(
-                    400,
-                    "Function calls in the input need function tools, which this server does "
-                    "not serve yet.",
-                    param=f"input[{i}]",
+            if isinstance(item, InputMessage):
+                turn.append(_message(item, f"input[{i}]", audio_params))
+            elif isinstance(item, FunctionCallOutput):
+                turn.append(
+                    ToolMessage(role="tool", content=item.output, tool_call_id=item.call_id)
                 )
-            turn.append(_message(item, f"input[{i}]", audio_params))
+            else:
+                _add_call(turn, item)
     if not turn:
         raise APIError(400, "The input is empty.", param="input")
     return turn, audio_params
@@ -133,9 +153,29 @@ def chat_request(body: ResponsesRequest, messages: list[Message]) -> ChatComplet
     """The chat request that answers this response (usage always streamed: the response's
     last event carries it)."""
     system = [SystemMessage(role="system", content=body.instructions)] if body.instructions else []
+    fmt = body.text.format if body.text else None
+    response_format: dict[str, Any] | None = None
+    if isinstance(fmt, JsonObject):
+        response_format = {"type": "json_object"}
+    elif isinstance(fmt, JsonSchema):
+        nested = {"name": fmt.name, "schema": fmt.schema_, "strict": fmt.strict}
+        if fmt.description is not None:
+            nested["description"] = fmt.description
+        response_format = {"type": "json_schema", "json_schema": nested}
+    tools = [
+        {"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
+        for t in body.tools
+    ]
+    tool_choice: Any = body.tool_choice
+    if not isinstance(tool_choice, str):
+        tool_choice = {"type": "function", "function": {"name": tool_choice.name}}
     return ChatCompletionRequest(
         model=body.model,
         messages=system + messages,
+        response_format=response_format,
+        tools=tools or None,
+        tool_choice=tool_choice if tools else None,
+        parallel_tool_calls=body.parallel_tool_calls,
         max_tokens=body.max_output_tokens,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
@@ -184,20 +224,44 @@ class ResponseAnswer:
         )
         self.message = OutputMessage(status="in_progress")
 
-    def finish(self, text: str, finish_reason: str | None, usage: Usage | None) -> Response:
+    def finish(
+        self,
+        text: str,
+        calls: list[ToolCall],
+        finish_reason: str | None,
+        usage: Usage | None,
+        streamed: bool = False,
+    ) -> Response:
+        """The answer's output items: its message (left out when the model only called
+        tools, unless a stream has already announced it), then its tool calls."""
         incomplete = finish_reason == "length"
-        self.message.status = "incomplete" if incomplete else "completed"
-        self.message.content = [OutputTextPart(text=text)]
-        self.response.output = [self.message]
+        output: list[OutputMessage | FunctionCallOutputItem] = []
+        if text or not calls or streamed:
+            self.message.status = "incomplete" if incomplete else "completed"
+            self.message.content = [OutputTextPart(text=text)]
+            output.append(self.message)
+        output += [
+            FunctionCallOutputItem(
+                call_id=c.id, name=c.function.name, arguments=c.function.arguments
+            )
+            for c in calls
+        ]
+        self.response.output = output
         self.response.status = "incomplete" if incomplete else "completed"
         if incomplete:
             self.response.incomplete_details = IncompleteDetails(reason="max_output_tokens")
         self.response.usage = _usage(usage) if usage else None
+        self.said = AssistantMessage(
+            role="assistant", content=text or None, tool_calls=calls or None
+        )
         return self.response
 
     def from_completion(self, completion: ChatCompletion) -> Response:
         (choice,) = completion.choices
-        return self.finish(choice.message.content, choice.finish_reason, completion.usage)
+        message = choice.message
+        return self.finish(
+            message.content or "", message.tool_calls or [], choice.finish_reason, completion.usage
+        )
 
     async def events(
         self, chunks: AsyncIterator[str], on_done: Callable[[Response], None]
@@ -219,6 +283,7 @@ class ResponseAnswer:
         yield event("output_item.added", output_index=0, item=self.message.model_dump())
         yield event("content_part.added", **part, part=OutputTextPart(text="").model_dump())
         text, finish_reason, usage = "", None, None
+        calls: dict[int, dict[str, str]] = {}  # tool calls by index, as their pieces arrive
         async for payload in chunks:
             chunk = ChatCompletionChunk.model_validate_json(payload)
             usage = chunk.usage or usage
@@ -229,9 +294,26 @@ class ResponseAnswer:
                     yield event(
                         "output_text.delta", **part, delta=choice.delta.content, logprobs=[]
                     )
-        response = self.finish(text, finish_reason, usage)
+                for piece in choice.delta.tool_calls or []:
+                    call = calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = piece.id or call["id"]
+                    if piece.function is not None:
+                        call["name"] += piece.function.name or ""
+                        call["arguments"] += piece.function.arguments or ""
+        tool_calls = [
+            ToolCall(id=c["id"], function=CalledFunction(name=c["name"], arguments=c["arguments"]))
+            for _, c in sorted(calls.items())
+        ]
+        response = self.finish(text, tool_calls, finish_reason, usage, streamed=True)
         on_done(response)
         yield event("output_text.done", **part, text=text, logprobs=[])
         yield event("content_part.done", **part, part=OutputTextPart(text=text).model_dump())
         yield event("output_item.done", output_index=0, item=self.message.model_dump())
+        # Tool calls follow the message as whole items, once the answer has ended.
+        for at, call_item in enumerate(response.output[1:], start=1):
+            yield event("output_item.added", output_index=at, item=call_item.model_dump())
+            where = {"item_id": call_item.id, "output_index": at}
+            yield event("function_call_arguments.delta", **where, delta=call_item.arguments)
+            yield event("function_call_arguments.done", **where, arguments=call_item.arguments)
+            yield event("output_item.done", output_index=at, item=call_item.model_dump())
         yield event(response.status, response=response.model_dump())

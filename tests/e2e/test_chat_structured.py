@@ -18,7 +18,7 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
-from tests.support.audio_files import audio_part, make_clip
+from tests.support.audio_files import audio_part, b64, make_clip
 from tests.support.server import API_KEY, start_server
 
 pytestmark = pytest.mark.engine
@@ -301,3 +301,67 @@ def test_logprob_bytes_prompt_logprobs_and_continuous_usage(llm_client, speech) 
     )
     assert all(c.usage is not None for c in chunks)
     assert chunks[-1].usage.completion_tokens == 5
+
+
+# The Responses API on the same server: its text.format and function tools are chat's.
+RESPONSE_TOOLS = [{"type": "function", **t["function"]} for t in TOOLS]
+
+
+def audio_input(speech, text: str = "Tag this recording.") -> list[dict]:
+    data = b64(make_clip(speech, 4.0))
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}},
+                {"type": "input_text", "text": text},
+            ],
+        }
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_response_in_a_json_schema(llm_client, speech, stream) -> None:
+    fmt = {"type": "json_schema", "name": "label", "schema": LABEL, "strict": True}
+    kwargs = dict(
+        model=MODEL, input=audio_input(speech), max_output_tokens=200, text={"format": fmt}
+    )
+    if stream:
+        events = list(llm_client.responses.create(**kwargs, stream=True))
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    else:
+        text = llm_client.responses.create(**kwargs).output_text
+    jsonschema.validate(json.loads(text), LABEL)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_response_calls_a_named_function(llm_client, speech, stream) -> None:
+    kwargs = dict(
+        model=MODEL,
+        input=audio_input(speech),
+        max_output_tokens=200,
+        tools=RESPONSE_TOOLS,
+        tool_choice={"type": "function", "name": "tag_audio"},
+    )
+    if stream:
+        events = list(llm_client.responses.create(**kwargs, stream=True))
+        (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
+        arguments = done.arguments
+        response = events[-1].response
+    else:
+        response = llm_client.responses.create(**kwargs)
+    (call,) = [item for item in response.output if item.type == "function_call"]
+    assert call.name == "tag_audio" and call.call_id
+    jsonschema.validate(json.loads(call.arguments), LABEL)
+    if stream:
+        assert arguments == call.arguments
+    # The call's result goes back as an input item; the conversation goes on.
+    follow = llm_client.responses.create(
+        model=MODEL,
+        previous_response_id=response.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "ok"}],
+        max_output_tokens=4,
+        tools=RESPONSE_TOOLS,
+        tool_choice="none",
+    )
+    assert follow.output[0].type == "message"

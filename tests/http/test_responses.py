@@ -149,12 +149,23 @@ async def test_refusals(api, speech) -> None:
             400,
             "input[0].content[0]",
         ),
+        # As chat: tools need the server's tool-call parser (vLLM's flags).
+        ({"input": "x", "tools": [{"type": "function", "name": "f"}]}, 400, "tool_choice"),
         (
-            {"input": [{"type": "function_call_output", "call_id": "c", "output": "1"}]},
+            {"input": "x", "text": {"format": {"type": "json_schema", "name": "n"}}},
             400,
-            "input[0]",
+            "text.format.json_schema.schema",  # pydantic names the union member
         ),
-        ({"input": "x", "tools": [{"type": "function", "name": "f"}]}, 400, "tools"),
+        (
+            {
+                "input": "x",
+                "text": {
+                    "format": {"type": "json_schema", "name": "n", "schema": {"type": "nonsense"}}
+                },
+            },
+            400,
+            "text.format",
+        ),
         ({"input": "x", "previous_response_id": "resp_nope"}, 400, "previous_response_id"),
         ({"input": "x", "unknown": 1}, 400, "unknown"),
     ]
@@ -165,3 +176,51 @@ async def test_refusals(api, speech) -> None:
     named = {"type": "input_file", "file_data": audio, "filename": "clip.wav"}
     fine = await respond(api, input=[{"role": "user", "content": [named]}], max_output_tokens=1)
     assert fine["usage"]["input_tokens_details"]["audio_tokens"] > 0
+
+
+async def test_text_format_becomes_the_chat_constraint(api) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    fmt = {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}
+    await respond(api, input="Give a.", max_output_tokens=2, text={"format": fmt})
+    constraint = api.engine.params[api.engine.started[-1]].structured_outputs
+    assert (
+        json.loads(constraint.json) == schema
+        if isinstance(constraint.json, str)
+        else (constraint.json == schema)
+    )
+    await respond(
+        api, input="Any JSON.", max_output_tokens=2, text={"format": {"type": "json_object"}}
+    )
+    assert api.engine.params[api.engine.started[-1]].structured_outputs.json_object
+
+
+async def test_function_calls_and_their_outputs_are_tool_turns(api) -> None:
+    """A call the model made and its result, sent back as input items, render as the chat
+    endpoint renders the same tool turns."""
+    call = {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": '{"a": 1}'}
+    result = {"type": "function_call_output", "call_id": "call_1", "output": "42"}
+    await respond(
+        api, input=[{"role": "user", "content": "Use f."}, call, result], max_output_tokens=2
+    )
+    via_responses = last_prompt(api)
+    chat = {
+        "model": h.MODEL,
+        "max_tokens": 2,
+        "messages": [
+            {"role": "user", "content": "Use f."},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": '{"a": 1}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+        ],
+    }
+    assert (await api.client.post(h.CHAT, json=chat)).status_code == 200
+    assert last_prompt(api) == via_responses
