@@ -50,6 +50,25 @@ class SamplingRequest(StrictModel):
         return None
 
 
+# The fields that mean the same, under the same name, in the body and in SamplingParams.
+VLLM_NAMED = (
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "ignore_eos",
+    "logit_bias",
+    "allowed_token_ids",
+    "bad_words",
+)
+
+
 def check_stream_options(body: SamplingRequest) -> None:
     if body.stream_options is not None and not body.stream:
         raise APIError(400, "stream_options needs stream: true.", param="stream_options")
@@ -75,23 +94,10 @@ def sampling_params(body: SamplingRequest, max_tokens: int, **extra: Any) -> Sam
     only one endpoint sets (chat's constraint, prompt logprobs, special tokens)."""
     try:
         return SamplingParams.from_optional(
-            n=body.n,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            min_p=body.min_p,
+            **{name: getattr(body, name) for name in VLLM_NAMED},
             max_tokens=max_tokens,
-            stop=body.stop,
-            seed=body.seed,
-            presence_penalty=body.presence_penalty,
-            frequency_penalty=body.frequency_penalty,
-            repetition_penalty=body.repetition_penalty,
             min_tokens=min(body.min_tokens, max_tokens),
-            ignore_eos=body.ignore_eos,
             logprobs=body.logprobs_asked(),
-            logit_bias=body.logit_bias,
-            allowed_token_ids=body.allowed_token_ids,
-            bad_words=body.bad_words,
             output_kind=RequestOutputKind.DELTA if body.stream else RequestOutputKind.FINAL_ONLY,
             **extra,
         )

@@ -211,10 +211,10 @@ async def prepare_chat(
     served = ServedRequest(runtime, request, endpoint)
 
     async def prepare(ticket: Ticket) -> tuple[Any, SamplingParams]:
-        audios = await runtime.inputs.load_audios(refs, ticket)
-        engine_input = await runtime.inputs.render(
+        engine_input = await runtime.inputs.chat_prompt(
             conversation,
-            audios,
+            refs,
+            ticket,
             think,
             add_generation_prompt=body.add_generation_prompt,
             continue_final_message=body.continue_final_message,

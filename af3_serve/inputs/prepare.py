@@ -105,6 +105,19 @@ class InputPreparer:
         metrics.REQUEST_AUDIO_SECONDS.observe(sum(a.size for a in audios) / SAMPLE_RATE)
         return audios
 
+    async def chat_prompt(
+        self,
+        conversation: list[dict[str, Any]],
+        refs: list[AudioRef],
+        ticket: Ticket,
+        think: bool = False,
+        **template: Any,
+    ) -> Any:
+        """A chat conversation's engine input: its audios fetched and decoded (reserved on
+        `ticket`), then `render`ed with the template options in `template`."""
+        audios = await self.load_audios(refs, ticket)
+        return await self.render(conversation, audios, think, **template)
+
     async def text_prompt(self, prompt: str | list[int], param: str) -> dict[str, Any]:
         """A text prompt (or its token ids) as the engine's input, tokenized off the event
         loop. Audio has no place in it: the audio placeholder is refused, as are ids past the

@@ -30,6 +30,7 @@ class TokenizeChatRequest(StrictModel):
     # accepted because vLLM's clients send it.
     add_special_tokens: bool = False
     return_token_strs: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
     # Our extension, as on chat: thinking mode (same as naming the "-think" model).
     thinking: bool | None = None
 

@@ -32,17 +32,17 @@ async def _chat_tokens(body: TokenizeChatRequest, request: Request, runtime: Run
             param="continue_final_message",
         )
     think = runtime.models.is_think(body.model or runtime.models.base, body.thinking)
-    conversation, refs = to_conversation(body.messages)
+    conversation, refs = to_conversation(body.messages, None, runtime.inputs.default_system)
     served = ServedRequest(runtime, request, "tokenize")
 
     async def prepare(ticket: Ticket) -> list[int]:
-        audios = await runtime.inputs.load_audios(refs, ticket)
-        engine_input = await runtime.inputs.render(
-            conversation,
-            audios,
-            think,
-            add_generation_prompt=body.add_generation_prompt,
-            continue_final_message=body.continue_final_message,
+        template = {
+            "add_generation_prompt": body.add_generation_prompt,
+            "continue_final_message": body.continue_final_message,
+            "template_kwargs": body.chat_template_kwargs,
+        }
+        engine_input = await runtime.inputs.chat_prompt(
+            conversation, refs, ticket, think, **template
         )
         return list(engine_input["prompt_token_ids"])
 

@@ -18,21 +18,14 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from benchmarks.structured_cost import SCHEMA
 from tests.support.audio_files import audio_part, b64, make_clip
 from tests.support.server import API_KEY, start_server
 
 pytestmark = pytest.mark.engine
 
 MODEL = "audio-flamingo-3"
-LABEL = {
-    "type": "object",
-    "properties": {
-        "label": {"type": "string", "enum": ["speech", "music", "noise"]},
-        "loud": {"type": "boolean"},
-    },
-    "required": ["label", "loud"],
-    "additionalProperties": False,
-}
+LABEL = SCHEMA  # the structured-output benchmark's tagging schema
 TOOLS = [
     {
         "type": "function",

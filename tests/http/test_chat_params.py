@@ -8,17 +8,10 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from tests.support.http_helpers import (
-    CHAT,
-    MODEL,
-    assert_error,
-    chat_body,
-    server_fixture,
-    sse_data,
-)
+import tests.support.http_helpers as h
 
-api = server_fixture()
-token_ids_api = server_fixture("--return-tokens-as-token-ids")
+api = h.server_fixture()
+token_ids_api = h.server_fixture("--return-tokens-as-token-ids")
 
 
 def last_params(api):
@@ -32,7 +25,7 @@ async def test_sampling_extensions_reach_the_engine(api, speech) -> None:
         "allowed_token_ids": [5, 6, 7],
         "bad_words": ["fox"],
     }
-    response = await api.client.post(CHAT, json=chat_body(speech, max_tokens=2) | extra)
+    response = await api.client.post(h.CHAT, json=h.chat_body(speech, max_tokens=2) | extra)
     assert response.status_code == 200, response.text
     params = last_params(api)
     assert params.logit_bias == {5: 2.5, 7: -100}
@@ -60,24 +53,24 @@ async def test_sampling_extensions_reach_the_engine(api, speech) -> None:
     ],
 )
 async def test_refused_values_and_parameters_are_400s_naming_them(api, speech, extra, param):
-    response = await api.client.post(CHAT, json=chat_body(speech, max_tokens=2) | extra)
-    error = assert_error(response, 400)
+    response = await api.client.post(h.CHAT, json=h.chat_body(speech, max_tokens=2) | extra)
+    error = h.assert_error(response, 400)
     assert (error["param"] or "").startswith(param), error
     assert api.engine.started == []
 
 
 async def test_both_generation_prompt_and_continuation_is_a_400(api, speech) -> None:
     both = {"add_generation_prompt": True, "continue_final_message": True}
-    response = await api.client.post(CHAT, json=chat_body(speech, max_tokens=2) | both)
-    assert_error(response, 400)
+    response = await api.client.post(h.CHAT, json=h.chat_body(speech, max_tokens=2) | both)
+    h.assert_error(response, 400)
 
 
 async def test_logprob_bytes_rebuild_the_text(api, speech) -> None:
     """A token that is part of a UTF-8 character has no text; its bytes are still there."""
     text = "é ü ∑ 音"
     api.engine.answer_for = lambda _: text
-    body = chat_body(speech, max_tokens=50, logprobs=True, top_logprobs=2)
-    answer = (await api.client.post(CHAT, json=body)).json()["choices"][0]
+    body = h.chat_body(speech, max_tokens=50, logprobs=True, top_logprobs=2)
+    answer = (await api.client.post(h.CHAT, json=body)).json()["choices"][0]
     assert answer["message"]["content"] == text
     entries = answer["logprobs"]["content"]
     assert bytes(b for e in entries for b in e["bytes"]).decode() == text
@@ -88,18 +81,20 @@ async def test_logprob_bytes_rebuild_the_text(api, speech) -> None:
 
 async def test_tokens_as_token_ids(api, token_ids_api, speech, tiny_checkpoint) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
-    body = chat_body(speech, max_tokens=3, logprobs=True)
+    body = h.chat_body(speech, max_tokens=3, logprobs=True)
     ids = tokenizer.encode(" The quick", add_special_tokens=False)[:3]
     for server, extra in ((api, {"return_tokens_as_token_ids": True}), (token_ids_api, {})):
-        answer = (await server.client.post(CHAT, json=body | extra)).json()["choices"][0]
+        answer = (await server.client.post(h.CHAT, json=body | extra)).json()["choices"][0]
         assert [e["token"] for e in answer["logprobs"]["content"]] == [f"token_id:{i}" for i in ids]
     off = {"return_tokens_as_token_ids": False}
-    answer = (await token_ids_api.client.post(CHAT, json=body | off)).json()["choices"][0]
+    answer = (await token_ids_api.client.post(h.CHAT, json=body | off)).json()["choices"][0]
     assert not answer["logprobs"]["content"][0]["token"].startswith("token_id:")
 
 
 async def test_prompt_logprobs(api, speech) -> None:
-    response = await api.client.post(CHAT, json=chat_body(speech, max_tokens=2, prompt_logprobs=0))
+    response = await api.client.post(
+        h.CHAT, json=h.chat_body(speech, max_tokens=2, prompt_logprobs=0)
+    )
     reply = response.json()
     prompt = reply["prompt_logprobs"]
     assert len(prompt) == reply["usage"]["prompt_tokens"] and prompt[0] is None
@@ -111,8 +106,8 @@ async def test_prompt_logprobs(api, speech) -> None:
 
 async def test_continuous_usage_stats(api, speech) -> None:
     options = {"include_usage": True, "continuous_usage_stats": True}
-    body = chat_body(speech, max_tokens=4, stream=True, stream_options=options)
-    events = [json.loads(e) for e in sse_data(await api.client.post(CHAT, json=body))[:-1]]
+    body = h.chat_body(speech, max_tokens=4, stream=True, stream_options=options)
+    events = [json.loads(e) for e in h.sse_data(await api.client.post(h.CHAT, json=body))[:-1]]
     assert all(e["usage"] for e in events)
     counts = [e["usage"]["completion_tokens"] for e in events]
     assert counts == sorted(counts) and counts[-1] == 4 and counts[0] == 0
@@ -130,37 +125,37 @@ async def test_continue_final_message_with_echo(api, tiny_checkpoint) -> None:
         {"role": "assistant", "content": "The sound is"},
     ]
     body = {
-        "model": MODEL,
+        "model": h.MODEL,
         "messages": messages,
         "max_tokens": 3,
         "add_generation_prompt": False,
         "continue_final_message": True,
         "echo": True,
     }
-    reply = (await api.client.post(CHAT, json=body)).json()
+    reply = (await api.client.post(h.CHAT, json=body)).json()
     assert prompt_text(api, tiny_checkpoint).endswith("<|im_start|>assistant\nThe sound is")
     assert reply["choices"][0]["message"]["content"].startswith("The sound is")
     assert reply["choices"][0]["message"]["role"] == "assistant"
-    events = sse_data(await api.client.post(CHAT, json=body | {"stream": True}))
+    events = h.sse_data(await api.client.post(h.CHAT, json=body | {"stream": True}))
     deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-1]]
     assert deltas[1] == {"content": "The sound is"}
 
 
 async def test_without_a_generation_prompt(api, tiny_checkpoint) -> None:
     body = {
-        "model": MODEL,
+        "model": h.MODEL,
         "messages": [{"role": "user", "content": "Hi"}],
         "max_tokens": 2,
         "add_generation_prompt": False,
     }
-    assert (await api.client.post(CHAT, json=body)).status_code == 200
+    assert (await api.client.post(h.CHAT, json=body)).status_code == 200
     assert prompt_text(api, tiny_checkpoint).endswith("Hi<|im_end|>\n")
     # echo: the answer continues the user's turn, as vLLM's server says it
-    reply = (await api.client.post(CHAT, json=body | {"echo": True})).json()
+    reply = (await api.client.post(h.CHAT, json=body | {"echo": True})).json()
     assert reply["choices"][0]["message"]["role"] == "user"
     assert reply["choices"][0]["message"]["content"].startswith("Hi")
 
 
 async def test_chat_template_kwargs_reach_the_template(api, speech) -> None:
-    body = chat_body(speech, max_tokens=2, chat_template_kwargs={"enable_thinking": False})
-    assert (await api.client.post(CHAT, json=body)).status_code == 200
+    body = h.chat_body(speech, max_tokens=2, chat_template_kwargs={"enable_thinking": False})
+    assert (await api.client.post(h.CHAT, json=body)).status_code == 200
