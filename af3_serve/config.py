@@ -78,6 +78,13 @@ class ServerSettings:
     """Longest audio accepted, per audio; longer is refused. Default: the checkpoint's limit
     (its processor config: 600 s AF3, 1200 s Music Flamingo 2601, 1800 s AF-Next), which
     this may only lower."""
+    max_transcription_seconds: float = 3 * 3600.0
+    """Longest file /v1/audio/transcriptions and /translations accept: they cut it into
+    30-s windows at the pauses, so it is not bound by --max-audio-seconds (a chat audio's,
+    which the model hears at once). At most --max-queued-audio-seconds."""
+    transcription_windows_in_flight: int = 8
+    """30-s windows of one transcription in the engine at once: a long file's later windows
+    wait for its earlier ones, so requests that arrive after it are not starved."""
     max_audios_per_request: int = MAX_AUDIOS_PER_PROMPT
     """Audios one request may carry (the engine's per-prompt limit)."""
     max_request_bytes: int = 128 * 2**20
@@ -209,6 +216,19 @@ def _check_engine_flags(args: argparse.Namespace, parser: argparse.ArgumentParse
         raise SettingsError("--served-model-name takes one name (the thinking model has its own)")
 
 
+def _check_settings(args: argparse.Namespace) -> None:
+    if args.max_transcription_seconds <= 0:
+        raise SettingsError("--max-transcription-seconds must be above 0")
+    if args.max_transcription_seconds > args.max_queued_audio_seconds:
+        raise SettingsError(
+            f"--max-transcription-seconds {args.max_transcription_seconds:g} is above "
+            f"--max-queued-audio-seconds {args.max_queued_audio_seconds:g}: a file that long "
+            "could never be admitted"
+        )
+    if args.transcription_windows_in_flight < 1:
+        raise SettingsError("--transcription-windows-in-flight must be at least 1")
+
+
 def _api_keys(settings: argparse.Namespace) -> frozenset[str]:
     keys = set(settings.api_key)
     if settings.api_key_file is not None:
@@ -223,6 +243,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_engine_flags(args, parser)
+    _check_settings(args)
     ours = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings)}
     try:
         api_keys = _api_keys(args)
