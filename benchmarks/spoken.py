@@ -1,0 +1,143 @@
+"""Spoken recordings whose speech and pauses are known to the sample: sentences spoken one by
+one by espeak-ng (a Debian package), trimmed to their sound and joined with chosen silences;
+and what a window plan does to them (cuts inside speech, speech covered, silence sent).
+Used by the transcription tests and `benchmarks.speech_windows`."""
+
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+
+from af3_model_executor.constants import SAMPLE_RATE
+from benchmarks.harness import ROOT
+
+ESPEAK_CACHE = ROOT / ".cache" / "tests" / "espeak-sentences"
+SENTENCES = [
+    "Good morning everyone, and thank you for joining the weekly planning meeting.",
+    "The first item on the agenda is the release schedule for the next quarter.",
+    "We moved the deadline by two weeks because the testing took longer than expected.",
+    "Please send your comments on the draft before Friday afternoon.",
+    "The budget for travel is unchanged.",
+    "Our team finished the migration of the old database last night.",
+    "Customers reported that the new search page loads much faster now.",
+    "There are still three open questions about the pricing model.",
+    "I would like to hear from the design group first.",
+    "The prototype will be ready for a demonstration at the end of the month.",
+    "We need two more volunteers for the support rotation.",
+    "Let us take a short break and continue in ten minutes.",
+    "Welcome back, we will now look at the numbers from the last survey.",
+    "Most people liked the changes, but some found the menu confusing.",
+    "The next meeting is on Tuesday at nine o'clock.",
+    "Thank you all, that is everything for today.",
+]
+# A sample counts as sound above this level (espeak-ng's silence is digital zero or close).
+_SOUND_LEVEL = 1e-3
+
+
+def spoken_sentence(index: int) -> np.ndarray:
+    """Sentence `index` of SENTENCES spoken by espeak-ng at 16 kHz, trimmed to its sound."""
+    path = ESPEAK_CACHE / f"{index:02d}.wav"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            wav = Path(tmp) / "s.wav"
+            subprocess.run(["espeak-ng", "-w", str(wav), SENTENCES[index]], check=True)
+            audio, rate = sf.read(wav, dtype="float32")
+            audio = librosa.resample(audio, orig_sr=rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+            sound = np.flatnonzero(np.abs(audio) > _SOUND_LEVEL)
+            sf.write(path, audio[sound[0] : sound[-1] + 1] * 0.8, SAMPLE_RATE, subtype="PCM_16")
+    audio, _ = sf.read(path, dtype="float32")
+    return audio
+
+
+@dataclass
+class Recording:
+    audio: np.ndarray  # 16-kHz float32
+    speech: list[tuple[int, int]]  # each sentence's [start, end) in samples
+
+    @property
+    def seconds(self) -> float:
+        return self.audio.size / SAMPLE_RATE
+
+
+def spoken_recording(
+    pauses: Iterable[float], lead_s: float = 1.0, tail_s: float = 1.0
+) -> Recording:
+    """Sentences (SENTENCES in turn, again and again) separated by `pauses` (seconds, one
+    per gap: as many sentences as pauses + 1), after `lead_s` and before `tail_s` of
+    silence."""
+    pauses = list(pauses)
+    parts = [np.zeros(int(lead_s * SAMPLE_RATE), np.float32)]
+    speech, at = [], parts[0].size
+    for i in range(len(pauses) + 1):
+        sentence = spoken_sentence(i % len(SENTENCES))
+        parts.append(sentence)
+        speech.append((at, at + sentence.size))
+        at += sentence.size
+        gap = pauses[i] if i < len(pauses) else tail_s
+        parts.append(np.zeros(int(gap * SAMPLE_RATE), np.float32))
+        at += parts[-1].size
+    return Recording(np.concatenate(parts), speech)
+
+
+def meeting_pauses(seconds: float, seed: int = 0) -> list[float]:
+    """Pauses for a recording of about `seconds`: 0.35-0.9 s between sentences and a 40-s
+    silence every 3 minutes (about 4 s a sentence)."""
+    rng = np.random.default_rng(seed)
+    pauses, t, next_break = [], 0.0, 180.0
+    while t < seconds:
+        if t >= next_break:
+            pauses.append(40.0)
+            next_break += 180.0
+        else:
+            pauses.append(float(rng.uniform(0.35, 0.9)))
+        t += pauses[-1] + 4.3
+    return pauses
+
+
+@dataclass
+class PlanScore:
+    windows: int
+    cuts: int
+    cuts_in_speech: int  # cuts that split a sentence
+    speech_covered: float  # share of the sentences' samples inside a window
+    speech_share: float  # share of the windows' samples that are sentences
+    engine_seconds: float  # audio sent to the engine
+    longest_pause_sent_s: float  # the longest stretch without a sentence inside a window
+
+
+def score_plan(windows: list[tuple[int, int]], speech: list[tuple[int, int]], n: int) -> PlanScore:
+    """How a window plan treats a recording of `n` samples whose sentences are `speech`."""
+    is_speech = np.zeros(n, bool)
+    for a, b in speech:
+        is_speech[a:b] = True
+    sent = np.zeros(n, bool)
+    for a, b in windows:
+        sent[a:b] = True
+    cuts = 0
+    in_speech = 0
+    for (_, end), (start, _) in zip(windows, windows[1:], strict=False):
+        cuts += 1
+        # A cut splits a sentence when a sentence runs across either side of it.
+        if any(a < end < b or a < start < b for a, b in speech):
+            in_speech += 1
+    longest = 0
+    for a, b in windows:
+        edges = np.diff(np.concatenate([[0], (~is_speech[a:b]).astype(np.int8), [0]]))
+        runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+        longest = max(longest, int(runs.max(initial=0)))
+    sent_samples = int(sent.sum())
+    return PlanScore(
+        windows=len(windows),
+        cuts=cuts,
+        cuts_in_speech=in_speech,
+        speech_covered=float((sent & is_speech).sum() / max(is_speech.sum(), 1)),
+        speech_share=float((sent & is_speech).sum() / max(sent_samples, 1)),
+        engine_seconds=sent_samples / SAMPLE_RATE,
+        longest_pause_sent_s=longest / SAMPLE_RATE,
+    )
