@@ -24,6 +24,7 @@ from af3_serve.edge.request_log import RequestLog
 from af3_serve.model_cards import ModelList
 from af3_serve.model_files import ModelFiles
 from af3_serve.runtime import Runtime, get_runtime
+from af3_serve.speech.router import TRANSCRIPTION_PATHS
 from af3_serve.speech.router import router as speech_router
 
 logger = logging.getLogger("af3_serve")
@@ -57,6 +58,7 @@ def create_app(
         BodyLimits,
         max_bytes=config.max_request_bytes,
         read_timeout_s=config.request_read_timeout_s,
+        path_max_bytes=dict.fromkeys(TRANSCRIPTION_PATHS, config.max_transcription_bytes),
     )
     app.add_middleware(RequestLog)
     install_error_handlers(app)

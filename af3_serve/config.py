@@ -82,6 +82,9 @@ class ServerSettings:
     """Longest file /v1/audio/transcriptions and /translations accept: they cut it into
     30-s windows at the pauses, so it is not bound by --max-audio-seconds (a chat audio's,
     which the model hears at once). At most --max-queued-audio-seconds."""
+    max_transcription_bytes: int = 512 * 2**20
+    """Largest upload to the transcription endpoints (a 3-h 16-kHz FLAC of speech is about
+    140 MiB); the upload is spooled to disk, not held in memory, and decoded from there."""
     transcription_windows_in_flight: int = 8
     """30-s windows of one transcription in the engine at once: a long file's later windows
     wait for its earlier ones, so requests that arrive after it are not starved."""

@@ -86,18 +86,25 @@ def spoken_recording(
 
 
 def meeting_pauses(seconds: float, seed: int = 0) -> list[float]:
-    """Pauses for a recording of about `seconds`: 0.35-0.9 s between sentences and a 40-s
-    silence every 3 minutes (about 4 s a sentence)."""
+    """Pauses for a recording of about `seconds` (with `spoken_recording`'s sentences):
+    0.35-0.9 s between sentences and a 40-s silence every 3 minutes."""
     rng = np.random.default_rng(seed)
-    pauses, t, next_break = [], 0.0, 180.0
+    lengths = [spoken_sentence(i).size / SAMPLE_RATE for i in range(len(SENTENCES))]
+    pauses: list[float] = []
+    t, next_break = lengths[0], 180.0
     while t < seconds:
         if t >= next_break:
             pauses.append(40.0)
             next_break += 180.0
         else:
             pauses.append(float(rng.uniform(0.35, 0.9)))
-        t += pauses[-1] + 4.3
+        t += pauses[-1] + lengths[len(pauses) % len(SENTENCES)]
     return pauses
+
+
+def meeting(seconds: float, seed: int = 0) -> Recording:
+    """About `seconds` of a meeting: sentences, short pauses, a long silence every 3 min."""
+    return spoken_recording(meeting_pauses(seconds, seed))
 
 
 @dataclass

@@ -133,5 +133,6 @@ def _route(task: Task):  # noqa: ANN202 - a FastAPI endpoint
     return endpoint
 
 
-router.post("/v1/audio/transcriptions", response_model=None)(_route("transcribe"))
-router.post("/v1/audio/translations", response_model=None)(_route("translate"))
+TRANSCRIPTION_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
+router.post(TRANSCRIPTION_PATHS[0], response_model=None)(_route("transcribe"))
+router.post(TRANSCRIPTION_PATHS[1], response_model=None)(_route("translate"))
