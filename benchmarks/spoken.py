@@ -5,6 +5,7 @@ Used by the transcription tests and `benchmarks.speech_windows`."""
 
 import subprocess
 import tempfile
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from af3_model_executor.constants import SAMPLE_RATE
-from benchmarks.harness import ROOT
+from benchmarks.harness import ROOT, SPEECH_WAV, speech_clip, speech_sample
 
 ESPEAK_CACHE = ROOT / ".cache" / "tests" / "espeak-sentences"
 SENTENCES = [
@@ -105,6 +106,41 @@ def meeting_pauses(seconds: float, seed: int = 0) -> list[float]:
 def meeting(seconds: float, seed: int = 0) -> Recording:
     """About `seconds` of a meeting: sentences, short pauses, a long silence every 3 min."""
     return spoken_recording(meeting_pauses(seconds, seed))
+
+
+def sample_turns() -> list[tuple[int, int]]:
+    """The speech of `harness.speech_sample()` as its annotators marked it: the speaker
+    turns of the RTTM beside it in the pyannote-audio wheel, overlaps merged, in samples."""
+    speech_sample()  # downloads the wheel when needed
+    (wheel,) = (SPEECH_WAV.parent / "wheels").glob("pyannote_audio-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        rttm = zf.read("pyannote/audio/sample/sample.rttm").decode()
+    turns = sorted(
+        (float(f[3]), float(f[3]) + float(f[4])) for f in map(str.split, rttm.splitlines()) if f
+    )
+    merged: list[tuple[float, float]] = []
+    for a, b in turns:
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return [(round(a * SAMPLE_RATE), round(b * SAMPLE_RATE)) for a, b in merged]
+
+
+def real_speech(seconds: float) -> Recording:
+    """The tests' real speech of any length (`harness.speech_clip`: the 30-s conversation
+    again and again, each copy shifted), its annotated turns shifted with it."""
+    sample = speech_sample()
+    n, size = int(seconds * SAMPLE_RATE), sample.size
+    speech = []
+    for i in range(int(np.ceil(n / size))):
+        shift = (7919 * i) % size  # as speech_clip rolls copy i (seed 0)
+        for a, b in sample_turns():
+            for lo, hi in ((a + shift, b + shift), (a + shift - size, b + shift - size)):
+                lo, hi = max(lo, 0), min(hi, size)
+                if lo < hi and i * size + lo < n:
+                    speech.append((i * size + lo, min(i * size + hi, n)))
+    return Recording(speech_clip(seconds, sample=sample), sorted(speech))
 
 
 @dataclass
