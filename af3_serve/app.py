@@ -93,7 +93,7 @@ def _lifespan(
             yield
         finally:
             watcher.cancel()
-            runtime.shutdown()
+            await runtime.aclose()
 
     return lifespan
 

@@ -6,6 +6,7 @@ engine answers each window with a text of its own, so the content is known exact
 Here the voice-activity detector is pinned to find speech in every 30-s stretch, so the
 windows are known; where the real detector puts them is tests/http/test_speech_windows.py."""
 
+import asyncio
 import io
 import json
 import re
@@ -16,7 +17,7 @@ import soundfile as sf
 import srt
 import webvtt
 
-from af3_serve.speech import segmentation
+from af3_serve.inputs.vad import VoiceActivity
 from tests.audio_files import encode
 from tests.conftest import make_clip
 from tests.http_helpers import (
@@ -28,6 +29,7 @@ from tests.http_helpers import (
     assert_error,
     server_fixture,
     sse_data,
+    until,
 )
 from tests.in_process import InProcess
 
@@ -37,11 +39,11 @@ WINDOWS = [(0.0, 30.0), (30.0, 60.0), (60.0, 75.0)]
 
 @pytest.fixture(autouse=True)
 def speech_every_30_s(monkeypatch: pytest.MonkeyPatch) -> None:
-    def regions(pcm) -> list[tuple[int, int]]:
+    async def regions(self, pcm) -> list[tuple[int, int]]:
         step = 30 * 16000
         return [(a, min(a + step, pcm.size)) for a in range(0, pcm.size, step)]
 
-    monkeypatch.setattr(segmentation, "speech_regions", regions)
+    monkeypatch.setattr(VoiceActivity, "regions", regions)
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +226,12 @@ async def test_streaming_events_come_in_window_order(api, wav_75s: bytes) -> Non
     long = " " + " ".join(f"word{i}" for i in range(40)) + "."
     texts = window_answers(api, {0: long})
     whole = (await post(api, wav_75s)).json()
-    response = await post(api, wav_75s, stream="true")
-    data = sse_data(response)
+    api.engine.started.clear()
+    api.engine.paused = True  # until all three windows are in the engine
+    streaming = asyncio.create_task(post(api, wav_75s, stream="true"))
+    await until(lambda: len(api.engine.started) == 3)
+    api.engine.paused = False
+    data = sse_data(await streaming)
     assert "[DONE]" not in data
     events = [json.loads(d) for d in data]
     deltas = [e for e in events if e["type"] == "transcript.text.delta"]

@@ -23,6 +23,7 @@ from af3_serve.edge.errors import APIError
 from af3_serve.inputs.audio import AudioLimits, decode_audio, decode_pcm16, header_seconds
 from af3_serve.inputs.media import MediaPolicy, load_audio_bytes
 from af3_serve.inputs.prompts import AudioRef, with_think_suffix
+from af3_serve.inputs.vad import VoiceActivity
 
 T = TypeVar("T")
 
@@ -57,8 +58,10 @@ class InputPreparer:
         )
         self.limits = AudioLimits(max_audio_seconds, config.max_decoded_audio_bytes)
         self.transcription_limits = AudioLimits(
-            config.max_transcription_seconds, config.max_decoded_audio_bytes
+            config.transcription_seconds_limit, config.max_decoded_audio_bytes
         )
+        # Voice activity (the transcription endpoints) runs in processes of its own.
+        self.voice = VoiceActivity(config.vad_workers)
         # Decoding runs here, off the event loop; libsndfile and soxr release the GIL.
         self.decode_pool = ThreadPoolExecutor(config.audio_decode_workers, "af3-decode")
 
@@ -171,5 +174,6 @@ class InputPreparer:
             )
         return engine_input
 
-    def shutdown(self) -> None:
+    async def aclose(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        await self.voice.aclose()

@@ -24,7 +24,7 @@ from af3_serve.speech.protocol import (
     TranscriptionResponseVerbose,
     TranscriptionSegment,
 )
-from af3_serve.speech.segmentation import Window, speech_windows
+from af3_serve.speech.segmentation import Window, plan_windows
 from af3_serve.speech.serving import MAX_TOKENS_PER_WINDOW, SpeechAnswer, instruction
 from af3_serve.speech.subtitles import to_srt, to_vtt
 
@@ -58,7 +58,8 @@ async def _serve(
         # The upload as it lies (spooled to disk by the form parser), never a bytes copy.
         pcm = await runtime.inputs.decode_transcription(form.file.file, "file", ticket)
         metrics.REQUEST_AUDIO_SECONDS.observe(pcm.size / SAMPLE_RATE)
-        return pcm, await runtime.inputs.off_loop(speech_windows, pcm)
+        regions = await runtime.inputs.voice.regions(pcm)
+        return pcm, await runtime.inputs.off_loop(plan_windows, pcm, regions)
 
     async def render(audio: np.ndarray) -> Any:
         try:

@@ -18,7 +18,7 @@ import numpy as np
 from vllm.multimodal.audio import find_split_point
 
 from af3_model_executor.constants import SAMPLE_RATE, WINDOW_SECONDS
-from af3_serve.speech.vad import speech_regions
+from af3_serve.inputs.vad import speech_regions
 
 WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
 MAX_PAUSE_S = 2.0

@@ -14,7 +14,8 @@ import pytest
 import soundfile as sf
 import srt
 
-from af3_serve.speech import segmentation
+from af3_serve.config import SettingsError, parse_args
+from af3_serve.inputs.vad import VoiceActivity, speech_regions
 from benchmarks.spoken import Recording, score_plan, spoken_recording, spoken_sentence
 from tests.audio_files import encode
 from tests.http_helpers import (
@@ -188,11 +189,11 @@ async def test_timestamp_granularities(api, meeting: Recording) -> None:
 def speech_every_30_s(monkeypatch: pytest.MonkeyPatch) -> None:
     """The detector pinned to find speech in every 30-s stretch: the windows are known."""
 
-    def regions(pcm: np.ndarray) -> list[tuple[int, int]]:
+    async def regions(self, pcm: np.ndarray) -> list[tuple[int, int]]:
         step = 30 * RATE
         return [(a, min(a + step, pcm.size)) for a in range(0, pcm.size, step)]
 
-    monkeypatch.setattr(segmentation, "speech_regions", regions)
+    monkeypatch.setattr(VoiceActivity, "regions", regions)
 
 
 async def test_windows_in_flight_are_bounded_and_in_order(two_in_flight, speech_every_30_s) -> None:
@@ -272,3 +273,45 @@ async def test_admission_counts_the_files_seconds(small_backlog, speech_every_30
     engine.paused = False
     assert (await first).status_code == 200
     assert (await post(small_backlog, encode(np.zeros(30 * RATE, np.float32)))).status_code == 200
+
+
+async def test_the_workers_find_what_this_process_finds(meeting: Recording) -> None:
+    """Blocks spread over two worker processes, against the same blocks in this thread."""
+    pcm = np.rint(meeting.audio * 32768).astype(np.int16)
+    pcm = np.concatenate([pcm, pcm, pcm])  # 3.5 min: four 60-s blocks
+    voice = VoiceActivity(2)
+    try:
+        regions = await voice.regions(pcm)
+        assert await voice.regions(pcm[: 10 * RATE]) == speech_regions(pcm[: 10 * RATE])
+    finally:
+        await voice.aclose()
+    assert regions == speech_regions(pcm)
+    assert len(regions) >= 3 * len(meeting.speech) - 3
+
+
+upload_cap = server_fixture("--max-transcription-bytes", "200000", "--max-request-bytes", "1000")
+
+
+async def test_transcription_uploads_have_their_own_size_cap(upload_cap) -> None:
+    small = encode(np.zeros(5 * RATE, np.float32))  # 160 kB: over the chat cap, not this one
+    assert (await post(upload_cap, small)).status_code == 200
+    big = await post(upload_cap, encode(np.zeros(7 * RATE, np.float32)))
+    assert_error(big, 413, None, "request_too_large")
+    assert "200000 bytes" in big.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "refused"),
+    [
+        (["--max-transcription-seconds", "0"], "--max-transcription-seconds must be above 0"),
+        (["--transcription-windows-in-flight", "0"], "at least 1"),
+        (["--vad-workers", "0"], "at least 1"),
+    ],
+)
+def test_transcription_settings_are_checked(flags: list[str], refused: str) -> None:
+    with pytest.raises(SettingsError, match=refused):
+        parse_args(flags)
+    assert parse_args([]).transcription_seconds_limit == 3 * 3600
+    # Never past what admission can hold at once.
+    capped = parse_args(["--max-queued-audio-seconds", "1000"])
+    assert capped.transcription_seconds_limit == 1000

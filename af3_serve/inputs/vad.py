@@ -1,0 +1,196 @@
+"""Where a recording has speech: Silero VAD (`silero-vad`, its TorchScript model shipped in
+the wheel), as faster-whisper and WhisperX use it, run over a request's int16 PCM.
+
+The model runs in worker processes of its own (`VoiceActivity`), not in the API process:
+it costs about 1/170 of the audio's duration in CPU (a 3-h file, a minute), against the
+API process's 0.1 s for a whole 10-min chat request. The recording goes to them in 60-s
+blocks, each with the 1.6 s before it to settle the model's state (its frames there are
+dropped), so blocks are independent: several workers share one long file, and no worker
+holds more than a block. Only the per-frame probabilities (one float per 32 ms) come
+back; the API process turns them into regions with silero's own rules.
+
+Each worker runs torch with one thread: the model is tiny, and on a 2-core machine two
+intra-op threads made it 6x slower."""
+
+import asyncio
+import struct
+import sys
+import threading
+import warnings
+from asyncio.subprocess import PIPE
+
+import numpy as np
+import torch
+
+from af3_model_executor.constants import SAMPLE_RATE
+
+_threads = torch.get_num_threads()
+# Importing silero_vad sets torch's thread count in the importing thread: put it back. Its
+# TorchScript model warns that TorchScript is deprecated, for each method, at import and load.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from silero_vad import get_speech_timestamps_from_probs, load_silero_vad
+torch.set_num_threads(_threads)
+
+FRAME = 512  # Silero's frame at 16 kHz (32 ms)
+BLOCK_FRAMES = 60 * SAMPLE_RATE // FRAME  # a block: 60 s
+WARMUP_FRAMES = 50  # 1.6 s before a block, run and dropped: the state settles in less
+# Silero's defaults, but for the padding: 200 ms each side (silero splits a shorter pause
+# between its two regions) keeps word onsets and tails in the region.
+THRESHOLD = 0.5
+MIN_SPEECH_MS = 250
+MIN_SILENCE_MS = 100
+SPEECH_PAD_MS = 200
+
+_local = threading.local()
+_HEADER = struct.Struct("<II")  # samples (or probabilities) in the message, frames to skip
+
+
+def _model() -> torch.jit.ScriptModule:
+    if (model := getattr(_local, "model", None)) is None:
+        torch.set_num_threads(1)  # per thread with torch's OpenMP backend
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = _local.model = load_silero_vad()
+    return model
+
+
+def block_probabilities(pcm: np.ndarray, skip: int) -> np.ndarray:
+    """Silero's speech probability of each 512-sample frame of 16-kHz int16 PCM (the last
+    frame zero-padded), from a fresh state; the first `skip` frames are left out."""
+    model = _model()
+    model.reset_states()
+    audio = pcm.astype(np.float32) * np.float32(1 / 32768)
+    if audio.size % FRAME:
+        audio = np.pad(audio, (0, FRAME - audio.size % FRAME))
+    frames = torch.from_numpy(audio).view(-1, FRAME)
+    probs = np.empty(len(frames), np.float32)
+    with torch.inference_mode():
+        for i, frame in enumerate(frames):
+            probs[i] = model(frame, SAMPLE_RATE).item()
+    return probs[skip:]
+
+
+def blocks(n: int) -> list[tuple[int, int, int]]:
+    """The recording's blocks: (first sample with warm-up, end sample, frames to skip)."""
+    out = []
+    for first in range(0, (n + FRAME - 1) // FRAME, BLOCK_FRAMES):
+        skip = min(first, WARMUP_FRAMES)
+        out.append(((first - skip) * FRAME, min((first + BLOCK_FRAMES) * FRAME, n), skip))
+    return out
+
+
+def regions_from_probabilities(probs: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """Silero's rules (thresholds with hysteresis, shortest speech and silence, padding):
+    [start, end) sample spans, padded, in order and apart."""
+    stamps = get_speech_timestamps_from_probs(
+        probs.tolist(),
+        sampling_rate=SAMPLE_RATE,
+        threshold=THRESHOLD,
+        min_speech_duration_ms=MIN_SPEECH_MS,
+        min_silence_duration_ms=MIN_SILENCE_MS,
+        speech_pad_ms=SPEECH_PAD_MS,
+        audio_length_samples=n,
+    )
+    return [(int(s["start"]), int(s["end"])) for s in stamps]
+
+
+def speech_regions(pcm: np.ndarray) -> list[tuple[int, int]]:
+    """The same regions as `VoiceActivity.regions`, computed in this thread (benchmarks,
+    tests' references)."""
+    if pcm.size == 0:
+        return []
+    probs = [block_probabilities(pcm[a:b], skip) for a, b, skip in blocks(pcm.size)]
+    return regions_from_probabilities(np.concatenate(probs), pcm.size)
+
+
+class VoiceActivity:
+    """Worker processes that run the model: `python -m af3_serve.inputs.vad`, started on the
+    first request, one block at a time each over its pipes (int16 in, float32 out), so
+    nothing but this module and torch is imported there."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._idle: asyncio.Queue[asyncio.subprocess.Process] = asyncio.Queue()
+        self._started = 0
+        self._all: list[asyncio.subprocess.Process] = []
+
+    async def _worker(self) -> asyncio.subprocess.Process:
+        if self._idle.empty() and self._started < self.workers:
+            self._started += 1
+            try:
+                worker = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", __name__, stdin=PIPE, stdout=PIPE
+                )
+            except BaseException:
+                self._started -= 1
+                raise
+            self._all.append(worker)
+            return worker
+        return await self._idle.get()
+
+    async def _block(self, pcm: np.ndarray, skip: int) -> np.ndarray:
+        worker = await self._worker()
+        exchange = asyncio.ensure_future(_exchange(worker, pcm, skip))
+        exchange.add_done_callback(lambda done: self._returned(worker, done))
+        # Shielded: a block sent is read back in full (also for a request that is gone),
+        # so the worker's pipes stay in step.
+        return await asyncio.shield(exchange)
+
+    def _returned(self, worker: asyncio.subprocess.Process, done: asyncio.Future) -> None:
+        if done.cancelled() or done.exception() is not None:
+            self._started -= 1  # a worker that failed is not used again
+            if worker in self._all:
+                self._all.remove(worker)
+            if worker.returncode is None:
+                worker.kill()
+        else:
+            self._idle.put_nowait(worker)
+
+    async def regions(self, pcm: np.ndarray) -> list[tuple[int, int]]:
+        """The recording's speech regions, its blocks spread over the workers."""
+        if pcm.size == 0:
+            return []
+        try:
+            probs = await asyncio.gather(
+                *(self._block(pcm[a:b], skip) for a, b, skip in blocks(pcm.size))
+            )
+        except (OSError, asyncio.IncompleteReadError) as exc:  # a worker died
+            from af3_serve.edge.errors import APIError  # not in the workers: they stay light
+
+            raise APIError(
+                503, "Voice activity detection failed; retry.", code="server_error"
+            ) from exc
+        return await asyncio.get_running_loop().run_in_executor(
+            None, regions_from_probabilities, np.concatenate(probs), pcm.size
+        )
+
+    async def aclose(self) -> None:
+        for worker in self._all:
+            if worker.returncode is None:
+                worker.kill()
+            await worker.wait()
+        self._all.clear()
+
+
+async def _exchange(worker: asyncio.subprocess.Process, pcm: np.ndarray, skip: int) -> np.ndarray:
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.write(_HEADER.pack(pcm.size, skip) + pcm.tobytes())  # int16, little-endian
+    await worker.stdin.drain()
+    (count, _) = _HEADER.unpack(await worker.stdout.readexactly(_HEADER.size))
+    return np.frombuffer(await worker.stdout.readexactly(4 * count), "<f4")
+
+
+def _serve() -> None:
+    """A worker: blocks from stdin, probabilities to stdout, until stdin closes."""
+    source, sink = sys.stdin.buffer, sys.stdout.buffer
+    while header := source.read(_HEADER.size):
+        n, skip = _HEADER.unpack(header)
+        pcm = np.frombuffer(source.read(2 * n), "<i2")
+        probs = block_probabilities(pcm, skip).astype("<f4")
+        sink.write(_HEADER.pack(probs.size, 0) + probs.tobytes())
+        sink.flush()
+
+
+if __name__ == "__main__":
+    _serve()
