@@ -15,6 +15,7 @@ differs between plans).
 """
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ def main() -> None:
     recordings[f"real_speech_repeated_{args.seconds[0]:g}s"] = real_speech(args.seconds[0])
     llm = prompt = None
     if args.engine:
+        # vLLM's CPU build otherwise reserves most of the machine's memory for its KV cache.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from transformers import AutoTokenizer
         from vllm import LLM
 

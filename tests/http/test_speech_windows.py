@@ -16,6 +16,7 @@ import srt
 
 from af3_serve.config import SettingsError, parse_args
 from af3_serve.inputs.vad import VoiceActivity, speech_regions
+from af3_serve.speech import segmentation
 from benchmarks.spoken import Recording, score_plan, spoken_recording, spoken_sentence
 from tests.audio_files import encode
 from tests.http_helpers import (
@@ -315,3 +316,31 @@ def test_transcription_settings_are_checked(flags: list[str], refused: str) -> N
     # Never past what admission can hold at once.
     capped = parse_args(["--max-queued-audio-seconds", "1000"])
     assert capped.transcription_seconds_limit == 1000
+
+
+def test_speech_past_30_s_is_cut_at_its_quietest() -> None:
+    """70 s without a pause: cut where it is quietest in each window's second half (a
+    40-ms dip), never inside the louder speech around it."""
+    rng = np.random.default_rng(0)
+    pcm = (rng.normal(0, 3000, 70 * RATE)).clip(-32768, 32767).astype(np.int16)
+    dips = [int(22.5 * RATE), int(47.0 * RATE)]
+    for d in dips:
+        pcm[d : d + 640] //= 100
+    windows = segmentation.plan_windows(pcm, [(0, pcm.size)])
+    assert [(w.start, w.end) for w in windows][0][0] == 0 and windows[-1].end == pcm.size
+    cuts = [w.end for w in windows[:-1]]
+    assert len(cuts) == 2
+    for cut, dip in zip(cuts, dips, strict=True):
+        assert dip <= cut <= dip + 640
+    assert all(w.samples <= 30 * RATE for w in windows)
+    assert all(a.end == b.start for a, b in zip(windows, windows[1:], strict=False))
+
+
+def test_regions_are_packed_up_to_30_s_and_long_pauses_end_a_window() -> None:
+    pcm = np.zeros(120 * RATE, np.int16)
+    s = RATE
+    regions = [(1 * s, 9 * s), (10 * s, 20 * s), (21 * s, 29 * s), (30 * s, 35 * s)]
+    regions += [(38 * s, 40 * s), (40 * s + s // 2, 45 * s)]
+    windows = [(w.start // s, w.end / s) for w in segmentation.plan_windows(pcm, regions)]
+    # 1-29 s fits one window; 30-35 s would make it 34 s; the 3-s pause ends the next.
+    assert windows == [(1, 29.0), (30, 35.0), (38, 45.0)]
