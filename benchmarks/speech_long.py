@@ -10,7 +10,8 @@ as a 16-kHz FLAC: a short chat request's TTFT alone and while the transcription 
 such files at once until each is decoded, detected and in the engine (peak RSS), and
 closed.
 
-    python -m benchmarks.speech_long cpu --out benchmarks/results/speech_api_cpu.json
+    python -m benchmarks.speech_long cpu --out benchmarks/results/speech_api_cpu.json \
+        [--server-pythonpath BASE_TREE]
     python -m benchmarks.speech_long hours --hours 3 --out benchmarks/results/speech_3h_cpu.json
 """
 
@@ -38,11 +39,18 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 TRANSCRIPTIONS = "/v1/audio/transcriptions"
 
 
-def start(log: Path, *extra: str) -> Server:
+def start(log: Path, *extra: str, pythonpath: str | None = None) -> Server:
+    """af3-serve on the tiny checkpoint; `pythonpath`: another tree's af3_serve (a base
+    commit's, to compare)."""
     checkpoint = harness.bench_checkpoint("tiny")
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     server = harness.launch_af3_serve(
-        checkpoint, log, "--api-key", KEY, *ENGINE, "--no-demo-page", *extra, env=env
+        checkpoint,
+        log,
+        *("--api-key", KEY, "--served-model-name", MODEL, *ENGINE, "--no-demo-page", *extra),
+        env=env,
     )
     return server.wait_healthy(timeout_s=600)
 
@@ -99,7 +107,7 @@ def cpu(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp())
     path = tmp / "speech-590s.wav"
     sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
-    with start(tmp / "server.log") as server:
+    with start(tmp / "server.log", pythonpath=args.server_pythonpath) as server:
         api = psutil.Process(server.process.pid)
         transcribe(server, path)  # warm-up (and the detector's workers started)
         idle_t, idle_cpu = time.perf_counter(), cpu_of([api])
@@ -256,11 +264,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--hours", type=float, default=3.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--server-pythonpath", help="run the server from this tree (cpu)")
     args = parser.parse_args()
     result = {
         "command": harness.command_line(),
         "machine": harness.machine(),
         "build": "vLLM 0.32.0 CPU build, torch 2.13.0+cpu, tiny random-weight checkpoint",
+        "server_pythonpath": args.server_pythonpath,
         **(cpu(args) if args.what == "cpu" else hours(args)),
     }
     harness.write_result(args.out, result)

@@ -127,9 +127,10 @@ def sample_turns() -> list[tuple[int, int]]:
     return [(round(a * SAMPLE_RATE), round(b * SAMPLE_RATE)) for a, b in merged]
 
 
-def real_speech(seconds: float) -> Recording:
+def real_speech(seconds: float, lead_s: float = 0.0) -> Recording:
     """The tests' real speech of any length (`harness.speech_clip`: the 30-s conversation
-    again and again, each copy shifted), its annotated turns shifted with it."""
+    again and again, each copy shifted), its annotated turns shifted with it; after
+    `lead_s` of silence (so that the copies' joins are not on a 30-s grid)."""
     sample = speech_sample()
     n, size = int(seconds * SAMPLE_RATE), sample.size
     speech = []
@@ -140,7 +141,9 @@ def real_speech(seconds: float) -> Recording:
                 lo, hi = max(lo, 0), min(hi, size)
                 if lo < hi and i * size + lo < n:
                     speech.append((i * size + lo, min(i * size + hi, n)))
-    return Recording(speech_clip(seconds, sample=sample), sorted(speech))
+    lead = int(lead_s * SAMPLE_RATE)
+    audio = np.concatenate([np.zeros(lead, np.float32), speech_clip(seconds, sample=sample)])
+    return Recording(audio, sorted((a + lead, b + lead) for a, b in speech))
 
 
 @dataclass

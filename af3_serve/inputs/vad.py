@@ -1,38 +1,35 @@
-"""Where a recording has speech: Silero VAD (`silero-vad`, its TorchScript model shipped in
-the wheel), as faster-whisper and WhisperX use it, run over a request's int16 PCM.
+"""Where a recording has speech: Silero VAD (`silero-vad`, the detector faster-whisper and
+WhisperX use), run with onnxruntime over a request's int16 PCM: its ONNX model ships in the
+wheel, and onnxruntime gives the same probabilities as its TorchScript model (within 1e-4)
+for 2.2x less CPU (measured, one thread each: benchmarks/results/README.md).
 
 The model runs in worker processes of its own (`VoiceActivity`), not in the API process:
-it costs about 1/170 of the audio's duration in CPU (a 3-h file, a minute), against the
-API process's 0.1 s for a whole 10-min chat request. The recording goes to them in 60-s
-blocks, each with the 1.6 s before it to settle the model's state (its frames there are
-dropped), so blocks are independent: several workers share one long file, and no worker
-holds more than a block. Only the per-frame probabilities (one float per 32 ms) come
-back; the API process turns them into regions with silero's own rules.
-
-Each worker runs torch with one thread: the model is tiny, and on a 2-core machine two
-intra-op threads made it 6x slower."""
+it costs about 1/350 of the audio's duration in CPU (a 3-h file, half a minute), against
+the API process's 0.1 s for a whole 10-min chat request. The recording goes to them in
+60-s blocks, each with the 1.6 s before it to settle the model's state (its frames there
+are dropped), so blocks are independent: several workers share one long file, and no
+worker holds more than a block. Only the per-frame probabilities (one float per 32 ms)
+come back; the API process turns them into regions with silero's own rules. Each worker
+runs one thread: the model is tiny, and more intra-op threads only slow it down."""
 
 import asyncio
+import contextlib
+import importlib.util
 import struct
 import sys
 import threading
 import warnings
 from asyncio.subprocess import PIPE
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from af3_model_executor.constants import SAMPLE_RATE
 
-_threads = torch.get_num_threads()
-# Importing silero_vad sets torch's thread count in the importing thread: put it back. Its
-# TorchScript model warns that TorchScript is deprecated, for each method, at import and load.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from silero_vad import get_speech_timestamps_from_probs, load_silero_vad
-torch.set_num_threads(_threads)
-
 FRAME = 512  # Silero's frame at 16 kHz (32 ms)
+_CONTEXT = 64  # samples of the frame before, which Silero's model takes with each frame
 BLOCK_FRAMES = 60 * SAMPLE_RATE // FRAME  # a block: 60 s
 WARMUP_FRAMES = 50  # 1.6 s before a block, run and dropped: the state settles in less
 # Silero's defaults, but for the padding: 200 ms each side (silero splits a shorter pause
@@ -46,28 +43,57 @@ _local = threading.local()
 _HEADER = struct.Struct("<II")  # samples (or probabilities) in the message, frames to skip
 
 
-def _model() -> torch.jit.ScriptModule:
-    if (model := getattr(_local, "model", None)) is None:
-        torch.set_num_threads(1)  # per thread with torch's OpenMP backend
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            model = _local.model = load_silero_vad()
-    return model
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Importing silero_vad sets torch's thread count (in this thread) and its TorchScript
+    parts warn that TorchScript is deprecated: neither is wanted here."""
+    import torch
+
+    threads = torch.get_num_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+    torch.set_num_threads(threads)
+
+
+def _model_path() -> Path:
+    """The ONNX model in silero-vad's wheel, found without importing the package (which
+    imports torch: the workers need only onnxruntime)."""
+    spec = importlib.util.find_spec("silero_vad")
+    assert spec is not None and spec.origin is not None
+    return Path(spec.origin).parent / "data" / "silero_vad.onnx"
+
+
+def _session() -> Any:
+    if (session := getattr(_local, "session", None)) is None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        session = _local.session = onnxruntime.InferenceSession(
+            str(_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    return session
 
 
 def block_probabilities(pcm: np.ndarray, skip: int) -> np.ndarray:
     """Silero's speech probability of each 512-sample frame of 16-kHz int16 PCM (the last
-    frame zero-padded), from a fresh state; the first `skip` frames are left out."""
-    model = _model()
-    model.reset_states()
+    frame zero-padded), from a fresh state, as silero's own `OnnxWrapper` computes them;
+    the first `skip` frames are left out."""
+    session = _session()
     audio = pcm.astype(np.float32) * np.float32(1 / 32768)
     if audio.size % FRAME:
         audio = np.pad(audio, (0, FRAME - audio.size % FRAME))
-    frames = torch.from_numpy(audio).view(-1, FRAME)
-    probs = np.empty(len(frames), np.float32)
-    with torch.inference_mode():
-        for i, frame in enumerate(frames):
-            probs[i] = model(frame, SAMPLE_RATE).item()
+    frames = audio.size // FRAME
+    probs = np.empty(frames, np.float32)
+    x = np.zeros((1, _CONTEXT + FRAME), np.float32)  # the frame after its context
+    state = np.zeros((2, 1, 128), np.float32)
+    rate = np.array(SAMPLE_RATE, np.int64)
+    for i in range(frames):
+        x[0, :_CONTEXT] = x[0, -_CONTEXT:]
+        x[0, _CONTEXT:] = audio[i * FRAME : (i + 1) * FRAME]
+        out, state = session.run(None, {"input": x, "state": state, "sr": rate})
+        probs[i] = out[0, 0]
     return probs[skip:]
 
 
@@ -83,6 +109,9 @@ def blocks(n: int) -> list[tuple[int, int, int]]:
 def regions_from_probabilities(probs: np.ndarray, n: int) -> list[tuple[int, int]]:
     """Silero's rules (thresholds with hysteresis, shortest speech and silence, padding):
     [start, end) sample spans, padded, in order and apart."""
+    with _quiet_torch():  # silero_vad imports torch: never in the workers
+        from silero_vad import get_speech_timestamps_from_probs
+
     stamps = get_speech_timestamps_from_probs(
         probs.tolist(),
         sampling_rate=SAMPLE_RATE,
