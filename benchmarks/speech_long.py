@@ -10,8 +10,12 @@ as a 16-kHz FLAC: a short chat request's TTFT alone and while the transcription 
 such files at once until each is decoded, detected and in the engine (peak RSS), and
 closed.
 
-    python -m benchmarks.speech_long cpu --out benchmarks/results/speech_api_cpu.json \
-        [--server-pythonpath BASE_TREE]
+    python -m benchmarks.speech_long cpu --out benchmarks/results/speech_api_cpu.json
+    cd BASE_TREE && PYTHONPATH=$OLDPWD python $OLDPWD/benchmarks/speech_long.py cpu \
+        --server-pythonpath BASE_TREE --out $OLDPWD/benchmarks/results/speech_api_cpu_before.json
+
+(the server runs `python -m af3_serve.cli`, which finds af3_serve in its working folder
+before PYTHONPATH: another tree's server runs from that tree's folder.)
     python -m benchmarks.speech_long hours --hours 3 --out benchmarks/results/speech_3h_cpu.json
 """
 

@@ -110,7 +110,7 @@ def main() -> None:
     result: dict[str, Any] = {
         "command": command_line(),
         "machine": machine(),
-        "build": "vLLM 0.32.0 CPU build, torch 2.13.0+cpu, silero-vad 6.2.3 (TorchScript)",
+        "build": "vLLM 0.32.0 CPU build, torch 2.13.0+cpu, silero-vad 6.2.3 on onnxruntime 1.32.0",
         "recordings": {},
     }
     for name, recording in recordings.items():

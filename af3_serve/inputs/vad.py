@@ -1,10 +1,10 @@
 """Where a recording has speech: Silero VAD (`silero-vad`, the detector faster-whisper and
 WhisperX use), run with onnxruntime over a request's int16 PCM: its ONNX model ships in the
-wheel, and onnxruntime gives the same probabilities as its TorchScript model (within 1e-4)
-for 2.2x less CPU (measured, one thread each: benchmarks/results/README.md).
+wheel, and onnxruntime gives the same probabilities as its TorchScript model (within 2e-4)
+for 2.8x less CPU (measured, one thread each: benchmarks/results/README.md).
 
 The model runs in worker processes of its own (`VoiceActivity`), not in the API process:
-it costs about 1/350 of the audio's duration in CPU (a 3-h file, half a minute), against
+it costs about 1/450 of the audio's duration in CPU (a 3-h file, 25 s), against
 the API process's 0.1 s for a whole 10-min chat request. The recording goes to them in
 60-s blocks, each with the 1.6 s before it to settle the model's state (its frames there
 are dropped), so blocks are independent: several workers share one long file, and no
