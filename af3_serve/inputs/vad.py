@@ -135,28 +135,35 @@ def speech_regions(pcm: np.ndarray) -> list[tuple[int, int]]:
 
 class VoiceActivity:
     """Worker processes that run the model: `python -m af3_serve.inputs.vad`, started on the
-    first request, one block at a time each over its pipes (int16 in, float32 out), so
-    nothing but this module and torch is imported there."""
+    first request, one block at a time each over its pipes (int16 in, float32 out); only
+    numpy and onnxruntime are imported there."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._idle: asyncio.Queue[asyncio.subprocess.Process] = asyncio.Queue()
+        # Idle workers; None wakes a waiter when a worker failed, to start another.
+        self._idle: asyncio.Queue[asyncio.subprocess.Process | None] = asyncio.Queue()
         self._started = 0
         self._all: list[asyncio.subprocess.Process] = []
 
     async def _worker(self) -> asyncio.subprocess.Process:
-        if self._idle.empty() and self._started < self.workers:
-            self._started += 1
-            try:
-                worker = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", __name__, stdin=PIPE, stdout=PIPE
-                )
-            except BaseException:
-                self._started -= 1
-                raise
-            self._all.append(worker)
-            return worker
-        return await self._idle.get()
+        while True:
+            if self._idle.empty() and self._started < self.workers:
+                return await self._start()
+            if (worker := await self._idle.get()) is not None:
+                return worker
+            # A worker failed: its place is free; start another or wait again.
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        self._started += 1
+        try:
+            worker = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", __name__, stdin=PIPE, stdout=PIPE
+            )
+        except BaseException:
+            self._started -= 1
+            raise
+        self._all.append(worker)
+        return worker
 
     async def _block(self, pcm: np.ndarray, skip: int) -> np.ndarray:
         worker = await self._worker()
@@ -173,6 +180,7 @@ class VoiceActivity:
                 self._all.remove(worker)
             if worker.returncode is None:
                 worker.kill()
+            self._idle.put_nowait(None)
         else:
             self._idle.put_nowait(worker)
 

@@ -344,3 +344,15 @@ def test_regions_are_packed_up_to_30_s_and_long_pauses_end_a_window() -> None:
     windows = [(w.start // s, w.end / s) for w in segmentation.plan_windows(pcm, regions)]
     # 1-29 s fits one window; 30-35 s would make it 34 s; the 3-s pause ends the next.
     assert windows == [(1, 29.0), (30, 35.0), (38, 45.0)]
+
+
+async def test_a_detector_worker_that_dies_costs_one_request(api, meeting: Recording) -> None:
+    wav = encode(meeting.audio[: 20 * RATE])
+    assert (await post(api, wav)).status_code == 200
+    voice = api.app.state.runtime.inputs.voice
+    for worker in voice._all:
+        worker.kill()
+        await worker.wait()
+    assert_error(await post(api, wav), 503, None, "server_error")
+    again = await post(api, wav, response_format="verbose_json")  # new workers start
+    assert again.status_code == 200 and again.json()["segments"]
