@@ -6,9 +6,9 @@ also the detector's worker processes' CPU. Run it with each tree on PYTHONPATH t
 
 `hours`: one espeak-ng meeting of `--hours` (pauses 0.35-0.9 s, a 40-s silence every 3 min)
 as a 16-kHz FLAC: a short chat request's TTFT alone and while the transcription runs
-(streamed), the transcription's wall time and RTFx, the API process's peak RSS; then four
-such files at once until each is decoded, detected and in the engine (peak RSS), and
-closed.
+(streamed), the transcription's wall time and RTFx, the API process's peak RSS; the same
+file whole (verbose_json), its segments scored against the known speech; then four such
+files at once until each is decoded, detected and in the engine (peak RSS), and closed.
 
     python -m benchmarks.speech_long cpu --out benchmarks/results/speech_api_cpu.json
     cd BASE_TREE && PYTHONPATH=$OLDPWD python $OLDPWD/benchmarks/speech_long.py cpu \
@@ -36,7 +36,7 @@ import soundfile as sf
 
 from benchmarks import harness
 from benchmarks.harness import ENGINE, MODEL, SAMPLE_RATE, Server
-from benchmarks.spoken import meeting
+from benchmarks.spoken import meeting, score_plan
 
 KEY = "bench-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -166,6 +166,7 @@ def hours(args: argparse.Namespace) -> dict[str, Any]:
     recording = meeting(seconds - 30)
     path = tmp / "meeting.flac"
     sf.write(path, recording.audio, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    speech, samples = recording.speech, recording.audio.size
     del recording
     wav = base64.b64encode(harness.wav_bytes(harness.speech_clip(5.0))).decode()
     clip = {"data": wav, "format": "wav"}
@@ -225,6 +226,25 @@ def hours(args: argparse.Namespace) -> dict[str, Any]:
             "during_median": round(statistics.median(during), 3) if during else None,
             "during_max": round(max(during), 3) if during else None,
             "during_samples": len(during),
+        }
+        # The same file whole (verbose_json): its segments against the known speech.
+        t0 = time.perf_counter()
+        whole = transcribe(server, path)
+        wall = time.perf_counter() - t0
+        windows = [
+            (round(x["start"] * SAMPLE_RATE), round(x["end"] * SAMPLE_RATE))
+            for x in whole["segments"]
+        ]
+        score = score_plan(windows, speech, samples)
+        result["whole"] = {
+            "wall_s": round(wall, 1),
+            "rtfx": round(whole["duration"] / wall, 1),
+            "segments": score.windows,
+            "cuts_in_speech": score.cuts_in_speech,
+            "speech_covered": round(score.speech_covered, 4),
+            "speech_share": round(score.speech_share, 4),
+            "longest_pause_sent_s": round(score.longest_pause_sent_s, 2),
+            "sentences": len(speech),
         }
         # Four at once: each decoded, detected and in the engine, then closed.
         peak = PeakRSS(api)

@@ -94,7 +94,8 @@ class InputPreparer:
         """A file to transcribe, read where it lies (the spooled upload), as 16-kHz int16
         PCM: up to --max-transcription-seconds, its seconds reserved as `decode`'s are."""
         limit = self.transcription_limits.max_seconds
-        claimed = min(header_seconds(file) or 0.0, limit)
+        # Off the loop: for some formats libsndfile counts the frames by reading the file.
+        claimed = min(await self.off_loop(header_seconds, file) or 0.0, limit)
         self.admission.reserve_audio(ticket, claimed)
         start = time.perf_counter()
         try:

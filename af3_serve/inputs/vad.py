@@ -32,12 +32,12 @@ FRAME = 512  # Silero's frame at 16 kHz (32 ms)
 _CONTEXT = 64  # samples of the frame before, which Silero's model takes with each frame
 BLOCK_FRAMES = 60 * SAMPLE_RATE // FRAME  # a block: 60 s
 WARMUP_FRAMES = 50  # 1.6 s before a block, run and dropped: the state settles in less
-# Silero's defaults, but for the padding: 200 ms each side (silero splits a shorter pause
-# between its two regions) keeps word onsets and tails in the region.
+# Silero's defaults, but regions come unpadded: the window plan pads a window's edges and
+# needs the pauses between regions as detected, to cut at the longest.
 THRESHOLD = 0.5
 MIN_SPEECH_MS = 250
 MIN_SILENCE_MS = 100
-SPEECH_PAD_MS = 200
+SPEECH_PAD_MS = 0
 
 _local = threading.local()
 _HEADER = struct.Struct("<II")  # samples (or probabilities) in the message, frames to skip
@@ -107,8 +107,8 @@ def blocks(n: int) -> list[tuple[int, int, int]]:
 
 
 def regions_from_probabilities(probs: np.ndarray, n: int) -> list[tuple[int, int]]:
-    """Silero's rules (thresholds with hysteresis, shortest speech and silence, padding):
-    [start, end) sample spans, padded, in order and apart."""
+    """Silero's rules (thresholds with hysteresis, shortest speech and silence): [start,
+    end) sample spans of speech as detected, in order and apart."""
     with _quiet_torch():  # silero_vad imports torch: never in the workers
         from silero_vad import get_speech_timestamps_from_probs
 

@@ -71,10 +71,12 @@ async def test_segments_follow_the_speech(api, meeting: Recording) -> None:
     # The sentences before the 10-s silence run past 30 s together: cut at a pause there.
     before, after = meeting.speech[7][1] / RATE, meeting.speech[8][0] / RATE
     assert (before - meeting.speech[0][0] / RATE) > 29.5
-    assert len([s for s in segments if s["end"] <= before + 0.5]) >= 2
+    assert len([s for s in segments if s["end"] <= before + segmentation.PAD_S + 0.3]) >= 2
     assert not any(s["start"] < after - 2 and s["end"] > before + 2 for s in segments)
-    # The leading and trailing silence are not sent.
-    assert segments[0]["start"] > 1.5 and segments[-1]["end"] < meeting.seconds - 2.5
+    # The leading (2 s) and trailing (3 s) silence are not sent, but for the margins.
+    margin = segmentation.PAD_S + 0.3
+    assert segments[0]["start"] >= meeting.speech[0][0] / RATE - margin
+    assert segments[-1]["end"] <= meeting.speech[-1][1] / RATE + margin
     # Each window's prompt carries its own audio: 25 tokens a second of the segment.
     engine = api.engine
     ids = sorted(engine.started, key=lambda r: int(r.rsplit("-", 1)[1]))
@@ -143,8 +145,9 @@ async def test_a_file_past_the_chat_limit_is_transcribed(api) -> None:
     response = await post(api, encode(audio), response_format="verbose_json")
     assert response.status_code == 200, response.text
     (segment,) = response.json()["segments"]
-    assert segment["start"] == pytest.approx(650.0, abs=0.3)
-    assert segment["end"] == pytest.approx((at + sentence.size) / RATE, abs=0.3)
+    margin = segmentation.PAD_S + 0.3  # the window's margin, and the detector's
+    assert segment["start"] == pytest.approx(650.0, abs=margin)
+    assert segment["end"] == pytest.approx((at + sentence.size) / RATE, abs=margin)
     assert len(api.engine.started) == 1
 
 
@@ -192,7 +195,8 @@ def speech_every_30_s(monkeypatch: pytest.MonkeyPatch) -> None:
 
     async def regions(self, pcm: np.ndarray) -> list[tuple[int, int]]:
         step = 30 * RATE
-        return [(a, min(a + step, pcm.size)) for a in range(0, pcm.size, step)]
+        margin = RATE // 2  # the plan widens each window by as much again
+        return [(a + margin, min(a + step, pcm.size) - margin) for a in range(0, pcm.size, step)]
 
     monkeypatch.setattr(VoiceActivity, "regions", regions)
 
@@ -341,9 +345,25 @@ def test_regions_are_packed_up_to_30_s_and_long_pauses_end_a_window() -> None:
     s = RATE
     regions = [(1 * s, 9 * s), (10 * s, 20 * s), (21 * s, 29 * s), (30 * s, 35 * s)]
     regions += [(38 * s, 40 * s), (40 * s + s // 2, 45 * s)]
-    windows = [(w.start // s, w.end / s) for w in segmentation.plan_windows(pcm, regions)]
-    # 1-29 s fits one window; 30-35 s would make it 34 s; the 3-s pause ends the next.
-    assert windows == [(1, 29.0), (30, 35.0), (38, 45.0)]
+    windows = [(w.start / s, w.end / s) for w in segmentation.plan_windows(pcm, regions)]
+    # 1-29 s fits one window (with its 0.5-s margins); 30-35 s would make it 34 s; the 3-s
+    # pause ends the next. Margins stop at half a pause.
+    assert windows == [(0.5, 29.5), (29.5, 35.5), (37.5, 45.5)]
+
+
+def test_a_full_window_is_cut_at_a_sentences_pause() -> None:
+    """Not at the last pause before the region that does not fit (a comma's, 0.2 s), but at
+    the last one of 0.3 s or more in the window's second half: a sentence's end."""
+    pcm = np.zeros(120 * RATE, np.int16)
+    s = RATE
+    ends = [3, 8, 14, 16.2, 20.1, 23, 26.3, 29.1]  # a 1.2-s pause after 16.2 s
+    starts = [1, 3.3, 8.3, 14.3, 17.4, 20.3, 23.2, 26.5]
+    regions = [(int(a * s), int(b * s)) for a, b in zip(starts, ends, strict=True)]
+    regions.append((int(29.3 * s), int(33 * s)))
+    windows = segmentation.plan_windows(pcm, regions)
+    assert [round(w.end / s, 1) for w in windows[:1]] == [16.2 + 0.5]
+    assert round(windows[1].start / s, 1) == 17.4 - 0.5
+    assert windows[-1].end == int(33.5 * s)
 
 
 async def test_a_detector_worker_that_dies_costs_one_request(api, meeting: Recording) -> None:
