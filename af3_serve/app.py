@@ -28,6 +28,7 @@ from af3_serve.model_files import ModelFiles
 from af3_serve.responses.router import router as responses_router
 from af3_serve.responses.store import ResponseStore
 from af3_serve.runtime import Runtime, get_runtime
+from af3_serve.speech.router import TRANSCRIPTION_PATHS
 from af3_serve.speech.router import router as speech_router
 from af3_serve.tokenize.router import router as tokenize_router
 
@@ -62,6 +63,7 @@ def create_app(
         BodyLimits,
         max_bytes=config.max_request_bytes,
         read_timeout_s=config.request_read_timeout_s,
+        path_max_bytes=dict.fromkeys(TRANSCRIPTION_PATHS, config.max_transcription_bytes),
     )
     app.add_middleware(RequestLog)
     install_error_handlers(app)
@@ -101,7 +103,7 @@ def _lifespan(
             yield
         finally:
             watcher.cancel()
-            runtime.shutdown()
+            await runtime.aclose()
 
     return lifespan
 

@@ -79,6 +79,20 @@ class ServerSettings:
     """Longest audio accepted, per audio; longer is refused. Default: the checkpoint's limit
     (its processor config: 600 s AF3, 1200 s Music Flamingo 2601, 1800 s AF-Next), which
     this may only lower."""
+    max_transcription_seconds: float = 3 * 3600.0
+    """Longest file /v1/audio/transcriptions and /translations accept: they cut it into
+    30-s windows at the pauses, so it is not bound by --max-audio-seconds (a chat audio's,
+    which the model hears at once). Capped at --max-queued-audio-seconds, as a longer file
+    could never be admitted."""
+    max_transcription_bytes: int = 512 * 2**20
+    """Largest upload to the transcription endpoints (a 3-h 16-kHz FLAC of speech is about
+    140 MiB); the upload is spooled to disk, not held in memory, and decoded from there."""
+    transcription_windows_in_flight: int = 8
+    """30-s windows of one transcription in the engine at once: a long file's later windows
+    wait for its earlier ones, so requests that arrive after it are not starved."""
+    vad_workers: int = 2
+    """Processes that run the voice-activity detector for the transcription endpoints
+    (about 1/450 of the audio's duration in CPU; a long file's blocks are shared out)."""
     max_audios_per_request: int = MAX_AUDIOS_PER_PROMPT
     """Audios one request may carry (the engine's per-prompt limit)."""
     max_request_bytes: int = 128 * 2**20
@@ -167,6 +181,11 @@ class ServerConfig(ServerSettings):
     def think_name(self) -> str:
         return self.think_model_name or self.served_model_name + THINK_MODEL_SUFFIX
 
+    @property
+    def transcription_seconds_limit(self) -> float:
+        """The longest file transcribed: its own limit, within what admission can hold."""
+        return min(self.max_transcription_seconds, self.max_queued_audio_seconds)
+
     def audio_seconds_limit(self, checkpoint_seconds: float) -> float:
         """The longest audio served: the checkpoint's, or lower with --max-audio-seconds."""
         if self.max_audio_seconds is None:
@@ -250,6 +269,15 @@ def _check_tool_flags(args: argparse.Namespace) -> None:
         )
 
 
+def _check_settings(args: argparse.Namespace) -> None:
+    if args.max_transcription_seconds <= 0:
+        raise SettingsError("--max-transcription-seconds must be above 0")
+    if args.transcription_windows_in_flight < 1:
+        raise SettingsError("--transcription-windows-in-flight must be at least 1")
+    if args.vad_workers < 1:
+        raise SettingsError("--vad-workers must be at least 1")
+
+
 def _api_keys(settings: argparse.Namespace) -> frozenset[str]:
     keys = set(settings.api_key)
     if settings.api_key_file is not None:
@@ -265,6 +293,7 @@ def parse_args(argv: list[str] | None = None) -> ServerConfig:
     args = parser.parse_args(argv)
     _check_engine_flags(args, parser)
     _check_tool_flags(args)
+    _check_settings(args)
     ours = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings)}
     try:
         api_keys = _api_keys(args)

@@ -123,8 +123,8 @@ class Runtime:
                     await step
             await outputs.aclose()
 
-    def shutdown(self) -> None:
-        self.inputs.shutdown()
+    async def aclose(self) -> None:
+        await self.inputs.aclose()
         self.engine.shutdown()
 
 

@@ -11,15 +11,23 @@ from af3_serve.edge.errors import APIError
 
 
 class BodyLimits:
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        read_timeout_s: float,
+        path_max_bytes: dict[str, int] | None = None,
+    ) -> None:
+        """`path_max_bytes`: paths with a size cap of their own (uploads spooled to disk)."""
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
+        self.path_max_bytes = path_max_bytes or {}
 
-    def _too_large(self) -> APIError:
+    def _too_large(self, max_bytes: int) -> APIError:
         return APIError(
             413,
-            f"The request body is larger than {self.max_bytes} bytes.",
+            f"The request body is larger than {max_bytes} bytes.",
             code="request_too_large",
         )
 
@@ -34,10 +42,11 @@ class BodyLimits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.path_max_bytes.get(scope["path"], self.max_bytes)
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             metrics.REJECTED.labels("body_too_large").inc()
-            await self._too_large().response()(scope, receive, send)
+            await self._too_large(max_bytes).response()(scope, receive, send)
             return
 
         received = 0
@@ -68,9 +77,9 @@ class BodyLimits:
                     return message
                 received += len(message.get("body", b""))
                 body_done = not message.get("more_body", False)
-                if received <= self.max_bytes:
+                if received <= max_bytes:
                     return message
-                refused, reason = self._too_large(), "body_too_large"
+                refused, reason = self._too_large(max_bytes), "body_too_large"
             metrics.REJECTED.labels(reason).inc()
             await refused.response()(scope, receive, send)
             return {"type": "http.disconnect"}

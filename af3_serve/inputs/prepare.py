@@ -6,8 +6,9 @@ import asyncio
 import inspect
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 from jinja2 import TemplateError
@@ -22,9 +23,12 @@ from af3_serve import metrics
 from af3_serve.admission import Admission, Ticket
 from af3_serve.config import ServerConfig
 from af3_serve.edge.errors import APIError
-from af3_serve.inputs.audio import AudioLimits, decode_audio, header_seconds
+from af3_serve.inputs.audio import AudioLimits, decode_audio, decode_pcm16, header_seconds
 from af3_serve.inputs.media import MediaPolicy, load_audio_bytes
 from af3_serve.inputs.prompts import AudioRef, with_think_suffix
+from af3_serve.inputs.vad import VoiceActivity
+
+T = TypeVar("T")
 
 
 class InputPreparer:
@@ -62,6 +66,11 @@ class InputPreparer:
             allow_private_addresses=config.allow_private_media_addresses,
         )
         self.limits = AudioLimits(max_audio_seconds, config.max_decoded_audio_bytes)
+        self.transcription_limits = AudioLimits(
+            config.transcription_seconds_limit, config.max_decoded_audio_bytes
+        )
+        # Voice activity (the transcription endpoints) runs in processes of its own.
+        self.voice = VoiceActivity(config.vad_workers)
         # Decoding runs here, off the event loop; libsndfile and soxr release the GIL.
         self.decode_pool = ThreadPoolExecutor(config.audio_decode_workers, "af3-decode")
 
@@ -89,6 +98,37 @@ class InputPreparer:
         metrics.AUDIO_DECODE_SECONDS.observe(time.perf_counter() - start)
         metrics.AUDIO_SECONDS.inc(seconds)
         return audio
+
+    async def decode_transcription(self, file: BinaryIO, param: str, ticket: Ticket) -> np.ndarray:
+        """A file to transcribe, read where it lies (the spooled upload), as 16-kHz int16
+        PCM: up to --max-transcription-seconds, its seconds reserved as `decode`'s are."""
+        limit = self.transcription_limits.max_seconds
+        # Off the loop: for some formats libsndfile counts the frames by reading the file.
+        claimed = min(await self.off_loop(header_seconds, file) or 0.0, limit)
+        self.admission.reserve_audio(ticket, claimed)
+        start = time.perf_counter()
+        try:
+            pcm = await self.off_loop(decode_pcm16, file, self.transcription_limits, param)
+        except APIError as exc:
+            if exc.code == "audio_too_long":
+                exc.message = (
+                    exc.message.removesuffix(".") + " to transcribe (--max-transcription-seconds)."
+                )
+            raise
+        if (
+            error := self.spec.length_error(pcm.size)
+        ) is not None and error.code != "audio_too_long":
+            raise APIError(400, str(error), param=param, code=error.code)
+        seconds = pcm.size / SAMPLE_RATE
+        if seconds > claimed:
+            self.admission.reserve_audio(ticket, seconds - claimed)
+        metrics.AUDIO_DECODE_SECONDS.observe(time.perf_counter() - start)
+        metrics.AUDIO_SECONDS.inc(seconds)
+        return pcm
+
+    async def off_loop(self, work: Callable[..., T], *args: Any) -> T:
+        """CPU work of a request (decoding, voice activity) in the decode workers."""
+        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, work, *args)
 
     async def load_audios(self, refs: list[AudioRef], ticket: Ticket) -> list[np.ndarray]:
         if len(refs) > self.max_audios:
@@ -218,8 +258,9 @@ class InputPreparer:
             )
         return engine_input
 
-    def shutdown(self) -> None:
+    async def aclose(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        await self.voice.aclose()
 
 
 def _default_system(tokenizer: Any) -> str:

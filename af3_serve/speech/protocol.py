@@ -10,7 +10,7 @@ import zlib
 from typing import Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from af3_serve.edge.errors import APIError
 from af3_serve.protocol import random_id
@@ -34,8 +34,7 @@ def transcription_id() -> str:
 
 class TranscriptionRequest(BaseModel):
     """The multipart form of /v1/audio/transcriptions and /v1/audio/translations. Fields we
-    do not use (OpenAI's `timestamp_granularities[]`, ...) are ignored, as OpenAI's clients
-    send them."""
+    do not use are ignored, as OpenAI's clients send some of them."""
 
     file: UploadFile
     model: str
@@ -44,9 +43,21 @@ class TranscriptionRequest(BaseModel):
     temperature: float = 0.0
     response_format: ResponseFormat = "json"
     stream: bool = False
+    # Segments are the windows cut at the pauses; AF3 gives no word timings.
+    timestamp_granularities: list[Literal["segment", "word"]] = Field(
+        default_factory=list, alias="timestamp_granularities[]"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "TranscriptionRequest":
+        if "word" in self.timestamp_granularities:
+            raise APIError(
+                400,
+                "Word timestamps are not available: Audio Flamingo 3 gives no word timings. "
+                "Use timestamp_granularities[]=segment (segments follow the speech, cut at "
+                "its pauses).",
+                param="timestamp_granularities[]",
+            )
         if not 0.0 <= self.temperature <= 1.0:
             raise APIError(400, "temperature must be between 0 and 1.", param="temperature")
         if self.language and self.language not in LANGUAGES:
@@ -73,8 +84,9 @@ class TranscriptionUsage(BaseModel):
 
 
 class TranscriptionSegment(BaseModel):
-    """One 30-s window of the audio, transcribed as its own engine request: AF3 gives no
-    word or sentence timings, so its times are the window's bounds."""
+    """One window of the audio (at most 30 s of speech, cut at pauses), transcribed as its
+    own engine request: AF3 gives no word or sentence timings, so its times are where the
+    window's speech starts and ends."""
 
     id: int
     seek: int  # Whisper counts in 10-ms frames

@@ -3,6 +3,7 @@ served along `serving.py`'s path."""
 
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import PlainTextResponse, Response
 from vllm import SamplingParams
@@ -23,7 +24,8 @@ from af3_serve.speech.protocol import (
     TranscriptionResponseVerbose,
     TranscriptionSegment,
 )
-from af3_serve.speech.serving import MAX_TOKENS_PER_WINDOW, SpeechAnswer, instruction, windows
+from af3_serve.speech.segmentation import Window, plan_windows
+from af3_serve.speech.serving import MAX_TOKENS_PER_WINDOW, SpeechAnswer, instruction
 from af3_serve.speech.subtitles import to_srt, to_vtt
 
 router = APIRouter(dependencies=[Depends(require_api_key)])
@@ -52,30 +54,40 @@ async def _serve(
     endpoint = "transcriptions" if task == "transcribe" else "translations"
     served = ServedRequest(runtime, request, endpoint)
 
-    async def prepare(ticket: Ticket) -> tuple[float, list[tuple[int, int]], list[Any]]:
-        audio = await runtime.inputs.decode(await form.file.read(), "file", ticket)
-        bounds = windows(audio)
+    async def prepare(ticket: Ticket) -> tuple[np.ndarray, list[Window]]:
+        # The upload as it lies (spooled to disk by the form parser), never a bytes copy.
+        pcm = await runtime.inputs.decode_transcription(form.file.file, "file", ticket)
+        metrics.REQUEST_AUDIO_SECONDS.observe(pcm.size / SAMPLE_RATE)
+        regions = await runtime.inputs.voice.regions(pcm)
+        return pcm, await runtime.inputs.off_loop(plan_windows, pcm, regions)
+
+    async def render(audio: np.ndarray) -> Any:
         try:
-            inputs = [await runtime.inputs.render(conversation, [audio[a:b]]) for a, b in bounds]
+            return await runtime.inputs.render(conversation, [audio])
         except APIError as exc:
             exc.param = "file"
             raise
-        seconds = audio.size / SAMPLE_RATE
-        metrics.REQUEST_AUDIO_SECONDS.observe(seconds)
-        return seconds, bounds, inputs
 
-    seconds, bounds, inputs = await served.prepare(prepare)
+    pcm, windows = await served.prepare(prepare)
     params = SamplingParams(
         temperature=form.temperature,
         max_tokens=MAX_TOKENS_PER_WINDOW,
         logprobs=0,  # the sampled token's own logprob, for avg_logprob
         output_kind=RequestOutputKind.DELTA if form.stream else RequestOutputKind.FINAL_ONLY,
     )
-    answer = SpeechAnswer(served, bounds, inputs, params, runtime.audio_token_id)
+    answer = SpeechAnswer(
+        served,
+        render,
+        pcm,
+        windows,
+        params,
+        runtime.audio_token_id,
+        runtime.config.transcription_windows_in_flight,
+    )
     if form.stream:
         return served.stream(answer.events(), done=False)
     segments = await served.answer(answer.segments())
-    return _response(task, form, seconds, segments, answer)
+    return _response(task, form, pcm.size / SAMPLE_RATE, segments, answer)
 
 
 def _response(
@@ -122,5 +134,6 @@ def _route(task: Task):  # noqa: ANN202 - a FastAPI endpoint
     return endpoint
 
 
-router.post("/v1/audio/transcriptions", response_model=None)(_route("transcribe"))
-router.post("/v1/audio/translations", response_model=None)(_route("translate"))
+TRANSCRIPTION_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
+router.post(TRANSCRIPTION_PATHS[0], response_model=None)(_route("transcribe"))
+router.post(TRANSCRIPTION_PATHS[1], response_model=None)(_route("translate"))

@@ -1,17 +1,20 @@
-"""Speech-to-text on AF3: the audio is cut into AF3's 30-s windows and each window is
-transcribed as its own engine request, all of them batched concurrently by the engine, then
-stitched in order, whole or streamed."""
+"""Speech-to-text on AF3: the recording's speech is cut into windows of at most 30 s at its
+pauses (`segmentation.py`), and each window is transcribed as its own engine request, a
+bounded number at a time per request (`--transcription-windows-in-flight`) and in order, so
+hours of audio neither flood the engine nor hold more than that many windows' float PCM;
+the answers are stitched in order, whole or streamed."""
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from vllm import SamplingParams
-from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.outputs import CompletionOutput
 
-from af3_model_executor.constants import SAMPLE_RATE, WINDOW_SECONDS
+from af3_model_executor.constants import SAMPLE_RATE
 from af3_serve.serving import ServedRequest
 from af3_serve.speech.protocol import (
     LANGUAGES,
@@ -23,12 +26,13 @@ from af3_serve.speech.protocol import (
     TranscriptionUsage,
     transcription_id,
 )
+from af3_serve.speech.segmentation import Window
 from af3_serve.transcript_cleaner import TranscriptCleaner, clean
 
-WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
-# A last piece shorter than this rides with the previous window (AF3 takes any length).
-MIN_TAIL_SAMPLES = SAMPLE_RATE
 MAX_TOKENS_PER_WINDOW = 512
+
+# What a window's queue carries: its outputs, then None; or the error that ended it.
+Item = CompletionOutput | BaseException | None
 
 
 def instruction(task: Task, language: str | None, prompt: str | None) -> str:
@@ -45,85 +49,97 @@ def instruction(task: Task, language: str | None, prompt: str | None) -> str:
     return text
 
 
-def windows(audio: np.ndarray) -> list[tuple[int, int]]:
-    bounds = [
-        (s, min(s + WINDOW_SAMPLES, audio.size)) for s in range(0, audio.size, WINDOW_SAMPLES)
-    ]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_TAIL_SAMPLES:
-        bounds[-2:] = [(bounds[-2][0], bounds[-1][1])]
-    return bounds
-
-
 @dataclass
 class SpeechAnswer:
-    """The window requests of one admitted speech request, collected or streamed."""
+    """The window requests of one admitted speech request, collected or streamed. A window's
+    prompt is rendered only when it gets its turn in the engine."""
 
     served: ServedRequest
-    bounds: list[tuple[int, int]]
-    inputs: list[Any]
+    render: Callable[[np.ndarray], Awaitable[Any]]  # window PCM -> engine input
+    pcm: np.ndarray  # the recording, 16-kHz int16
+    windows: list[Window]
     params: SamplingParams
     audio_token_id: int
+    in_flight: int
     request_id: str = field(default_factory=transcription_id)
+    prompt_tokens: int = 0
+    audio_tokens: int = 0
 
-    def _window_outputs(self) -> list[AsyncIterator[RequestOutput]]:
-        return [
-            self.served.generate(engine_input, self.params, f"{self.request_id}-{i}")
-            for i, engine_input in enumerate(self.inputs)
-        ]
+    async def _window(self, i: int, slots: asyncio.Semaphore, queue: asyncio.Queue) -> None:
+        try:
+            async with slots:  # FIFO: windows enter the engine in order
+                engine_input = await self.render(self.windows[i].audio(self.pcm))
+                prompt = engine_input["prompt_token_ids"]
+                self.prompt_tokens += len(prompt)
+                self.audio_tokens += prompt.count(self.audio_token_id)
+                request_id = f"{self.request_id}-{i}"
+                outputs = self.served.generate(engine_input, self.params, request_id)
+                async with contextlib.aclosing(outputs):  # closing aborts it in the engine
+                    async for out in outputs:
+                        queue.put_nowait(out.outputs[0])
+        except Exception as exc:  # e.g. the engine died: the consumer raises it
+            queue.put_nowait(exc)
+        else:
+            queue.put_nowait(None)
+
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[list[asyncio.Queue[Item]]]:
+        """Every window's task, at most `in_flight` of them in the engine; leaving (an
+        answer done, an error, a client gone) cancels the rest, which aborts their engine
+        requests."""
+        slots = asyncio.Semaphore(self.in_flight)
+        queues: list[asyncio.Queue[Item]] = [asyncio.Queue() for _ in self.windows]
+        tasks = [asyncio.create_task(self._window(i, slots, q)) for i, q in enumerate(queues)]
+        try:
+            yield queues
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def usage(self, output_tokens: int) -> TranscriptionUsage:
-        prompts = [e["prompt_token_ids"] for e in self.inputs]
-        prompt_tokens = sum(len(p) for p in prompts)
-        audio_tokens = sum(p.count(self.audio_token_id) for p in prompts)
         return TranscriptionUsage(
-            input_tokens=prompt_tokens,
+            input_tokens=self.prompt_tokens,
             output_tokens=output_tokens,
-            total_tokens=prompt_tokens + output_tokens,
+            total_tokens=self.prompt_tokens + output_tokens,
             input_token_details=InputTokenDetails(
-                audio_tokens=audio_tokens, text_tokens=prompt_tokens - audio_tokens
+                audio_tokens=self.audio_tokens, text_tokens=self.prompt_tokens - self.audio_tokens
             ),
         )
 
+    def _segment(self, i: int, o: CompletionOutput) -> TranscriptionSegment:
+        window = self.windows[i]
+        logprobs = [lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [], strict=False)]
+        return TranscriptionSegment.of_window(
+            id=i,
+            start=round(window.start / SAMPLE_RATE, 3),
+            end=round(window.end / SAMPLE_RATE, 3),
+            text=clean(o.text),
+            tokens=list(o.token_ids),
+            temperature=self.params.temperature,
+            avg_logprob=sum(logprobs) / len(logprobs) if logprobs else 0.0,
+        )
+
     async def segments(self) -> list[TranscriptionSegment]:
-        finals = await asyncio.gather(*(_last(g) for g in self._window_outputs()))
         segments = []
-        for i, ((a, b), out) in enumerate(zip(self.bounds, finals, strict=True)):
-            o = out.outputs[0]
-            logprobs = [lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [], strict=False)]
-            segments.append(
-                TranscriptionSegment.of_window(
-                    id=i,
-                    start=round(a / SAMPLE_RATE, 3),
-                    end=round(b / SAMPLE_RATE, 3),
-                    text=clean(o.text),
-                    tokens=list(o.token_ids),
-                    temperature=self.params.temperature,
-                    avg_logprob=sum(logprobs) / len(logprobs) if logprobs else 0.0,
-                )
-            )
+        async with self._running() as queues:
+            for i, queue in enumerate(queues):
+                final = None
+                while (o := await queue.get()) is not None:
+                    if isinstance(o, BaseException):
+                        raise o
+                    final = o
+                assert final is not None
+                segments.append(self._segment(i, final))
         return segments
 
     async def events(self) -> AsyncIterator[str]:
-        """Every window generates at once; deltas go out in window order, each window's
-        wrapper phrasing removed on the fly (JSON payloads for `ServedRequest.stream`)."""
-        queues: list[asyncio.Queue[CompletionOutput | BaseException | None]] = [
-            asyncio.Queue() for _ in self.inputs
-        ]
-
-        async def pump(outputs: AsyncIterator[RequestOutput], queue: asyncio.Queue) -> None:
-            try:
-                async for out in outputs:
-                    await queue.put(out.outputs[0])
-            except Exception as exc:  # e.g. the engine died: the consumer raises it
-                await queue.put(exc)
-            else:
-                await queue.put(None)
-
-        outputs = self._window_outputs()
-        tasks = [asyncio.create_task(pump(o, q)) for o, q in zip(outputs, queues, strict=True)]
+        """Deltas go out in window order as soon as a window and those before it have them,
+        each window's wrapper phrasing removed on the fly (JSON payloads for
+        `ServedRequest.stream`)."""
         pieces: list[str] = []
         output_tokens = 0
-        try:
+        async with self._running() as queues:
             for queue in queues:
                 cleaner, window_text, sent = TranscriptCleaner(), "", ""
                 while (o := await queue.get()) is not None:
@@ -140,19 +156,8 @@ class SpeechAnswer:
                     yield _delta(rest, window_start=not sent, after_previous=bool(pieces))
                 if window_text:
                     pieces.append(window_text)
-            done = TranscriptionTextDone(text=" ".join(pieces), usage=self.usage(output_tokens))
-            yield done.model_dump_json()
-        finally:
-            for task in tasks:
-                task.cancel()  # cancelling a pump aborts its engine request
-
-
-async def _last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
-    final = None
-    async for out in outputs:
-        final = out
-    assert final is not None
-    return final
+        done = TranscriptionTextDone(text=" ".join(pieces), usage=self.usage(output_tokens))
+        yield done.model_dump_json()
 
 
 def _delta(text: str, window_start: bool, after_previous: bool) -> str:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from af3_model_executor.constants import AUDIO_TOKEN
 from af3_serve.tools import common
-from af3_serve.tools.scoring import Scores, score
+from af3_serve.tools.scoring import Scores, is_transcription, score
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,17 @@ def request_content(item: Item) -> list[dict]:
     return [*parts, {"type": "text", "text": item.question}]
 
 
+def uses_transcription_endpoint(item: Item, args: argparse.Namespace) -> bool:
+    """A transcription question about one recording goes to /v1/audio/transcriptions (unless
+    --transcribe-with-chat), as its scoring expects a transcript; thinking mode is chat's."""
+    return (
+        not args.transcribe_with_chat
+        and not args.think
+        and len(item.sounds) == 1
+        and is_transcription(item.question)
+    )
+
+
 @dataclass(frozen=True)
 class Throughput:
     answered: int
@@ -129,15 +140,28 @@ async def _worker(
 ) -> None:
     for item in todo:
         try:
-            content = await asyncio.to_thread(request_content, item)
-            sent = time.perf_counter()
-            reply = await client.chat.completions.create(
-                model=args.model,
-                messages=[{"role": "user", "content": content}],
-                **common.sampling_body(args),
-                **common.thinking_body(args),
-                extra_headers=common.session_headers(),  # one conversation per item
-            )
+            if uses_transcription_endpoint(item, args):
+                data = await asyncio.to_thread(item.sounds[0].read_bytes)
+                sent = time.perf_counter()
+                # The server's own segmentation: windows cut at the pauses, any length up
+                # to its transcription limit, the wrapper phrasing already removed.
+                transcript = await client.audio.transcriptions.create(
+                    model=args.model,
+                    file=(item.sounds[0].name, data),
+                    temperature=args.temperature,
+                )
+                answer = transcript.text
+            else:
+                content = await asyncio.to_thread(request_content, item)
+                sent = time.perf_counter()
+                reply = await client.chat.completions.create(
+                    model=args.model,
+                    messages=[{"role": "user", "content": content}],
+                    **common.sampling_body(args),
+                    **common.thinking_body(args),
+                    extra_headers=common.session_headers(),  # one conversation per item
+                )
+                answer = reply.choices[0].message.content or ""
         except (openai.AuthenticationError, openai.NotFoundError):
             raise  # a wrong key, model or URL fails every item alike: stop
         except (openai.APIError, OSError) as exc:
@@ -149,7 +173,7 @@ async def _worker(
         record = {
             "id": item.id,
             "question": item.question,
-            "answer": reply.choices[0].message.content or "",
+            "answer": answer,
             "reference": item.reference,
             "audio_seconds": seconds,
             "latency_s": round(latency, 3),
@@ -191,6 +215,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="answer at most this many now")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per request")
     p.add_argument("--report", type=Path, default=None, help="also write the report as JSON")
+    p.add_argument(
+        "--transcribe-with-chat",
+        action="store_true",
+        help="send transcription questions to /v1/chat/completions with the audio whole "
+        "(default: /v1/audio/transcriptions, windows cut at the pauses)",
+    )
     common.add_sampling_args(p)
     args = p.parse_args(argv)
     if args.predictions is None:

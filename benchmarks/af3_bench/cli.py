@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="make each request a conversation of this many turns about its audio, each "
         "resending the history (default %(default)s)",
     )
+    work.add_argument(
+        "--transcribe",
+        action="store_true",
+        help="send each clip as a file to /v1/audio/transcriptions (the server cuts it into "
+        "windows at the pauses; TTFT is the first transcript delta) instead of asking "
+        "--prompt in a chat; long clips welcome (--audio-seconds 10800)",
+    )
     work.add_argument("--max-tokens", type=int, default=128, help="default: %(default)s")
     work.add_argument("--ignore-eos", action="store_true", help='send "ignore_eos": true')
     work.add_argument("--temperature", type=float, default=0.0, help="default: %(default)s")
@@ -162,11 +169,15 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--warmup must be 0 or more")
     if args.slo_ttft_ms is not None and not args.stream:
         parser.error("--slo-ttft-ms needs streaming: TTFT is not measurable with --no-stream")
+    if args.transcribe and (args.turns > 1 or args.ignore_eos):
+        parser.error("--transcribe sends one file per request: no --turns or --ignore-eos")
     if args.audio_dir is not None and not args.audio_dir.is_dir():
         parser.error(f"--audio-dir {args.audio_dir} is not a directory")
 
 
 def _request_fields(args: argparse.Namespace) -> dict[str, Any]:
+    if args.transcribe:  # form fields; the server sets the tokens per window itself
+        return {"temperature": args.temperature, "stream": str(args.stream).lower()}
     fields: dict[str, Any] = {"max_tokens": args.max_tokens, "temperature": args.temperature}
     if args.ignore_eos:
         fields["ignore_eos"] = True
@@ -261,6 +272,7 @@ def _workload_block(args: argparse.Namespace, workload: Workload) -> dict[str, A
             "max": max(lengths),
             "total": sum(lengths),
         },
+        "endpoint": "/v1/audio/transcriptions" if args.transcribe else "/v1/chat/completions",
         "prompt": args.prompt,
         "turns": args.turns,
         "questions": list(questions(args.prompt, args.turns)),
@@ -292,7 +304,9 @@ def main(argv: list[str] | None = None) -> None:
         source = AudioSource(args.audio_kind, args.audio_dir, args.seed)
     except ValueError as exc:
         parser.error(str(exc))
-    workload = Workload(source, lengths, args.audio_format, args.prompt, args.repeat_audio)
+    workload = Workload(
+        source, lengths, args.audio_format, args.prompt, args.repeat_audio, args.transcribe
+    )
     try:
         for endpoint in endpoints:
             fields = _request_fields(args) | {"model": endpoint.model}

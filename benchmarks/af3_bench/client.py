@@ -1,4 +1,5 @@
-"""One chat-completion request: send it, read the SSE stream, and time it."""
+"""One request (a chat completion, or a transcription with --transcribe): send it, read the
+SSE stream, and time it."""
 
 import json
 import time
@@ -96,16 +97,53 @@ async def _read_stream(response: httpx.Response, record: RequestRecord, start: f
     record.ok = True
 
 
+def _take_transcription_usage(record: RequestRecord, usage: dict[str, Any]) -> None:
+    record.prompt_tokens = usage.get("input_tokens")
+    record.completion_tokens = usage.get("output_tokens")
+    record.audio_tokens = (usage.get("input_token_details") or {}).get("audio_tokens")
+
+
+async def _read_transcription_stream(
+    response: httpx.Response, record: RequestRecord, start: float
+) -> None:
+    """`transcript.text.delta` events (the first one is the TTFT), then one `done` with the
+    text and usage; no [DONE]."""
+    last = start
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        now = time.perf_counter()
+        event = json.loads(line[5:].strip())
+        if "error" in event:
+            record.error = _error_message(line[5:].strip().encode())
+            return
+        if event.get("type") == "transcript.text.delta":
+            if record.ttft_s is None:
+                record.ttft_s = now - start
+            else:
+                record.itl_s.append(now - last)
+            last = now
+        elif event.get("type") == "transcript.text.done":
+            _take_transcription_usage(record, event.get("usage") or {})
+            record.answer = event.get("text", "")
+            record.ok = True
+            return
+    record.error = "the stream ended without transcript.text.done"
+
+
 async def send(
     client: httpx.AsyncClient,
-    url: str,
+    base_url: str,
     headers: dict[str, str],
     request: Request,
     stream: bool,
     pass_start: float,
 ) -> RequestRecord:
-    """POST one request and time it; failures are recorded, never raised."""
+    """POST one request to `base_url` + its path and time it; failures are recorded, never
+    raised."""
     record = RequestRecord(request.index, request.audio_seconds, request.turn)
+    url = base_url.rstrip("/") + request.path
+    headers = headers | {"Content-Type": request.content_type}
     body = b"".join(request.body)  # before the clock: a long clip is megabytes to copy
     start = time.perf_counter()
     record.start_s = start - pass_start
@@ -113,7 +151,9 @@ async def send(
         if stream:
             async with client.stream("POST", url, content=body, headers=headers) as response:
                 record.status = response.status_code
-                if response.status_code == 200:
+                if response.status_code == 200 and request.transcription:
+                    await _read_transcription_stream(response, record, start)
+                elif response.status_code == 200:
                     await _read_stream(response, record, start)
                 else:
                     record.error = _error_message(await response.aread())
@@ -122,8 +162,12 @@ async def send(
             record.status = response.status_code
             if response.status_code == 200:
                 payload = response.json()
-                _take_usage(record, payload.get("usage") or {})
-                record.answer = _answer(payload)
+                if request.transcription:
+                    _take_transcription_usage(record, payload.get("usage") or {})
+                    record.answer = payload.get("text", "")
+                else:
+                    _take_usage(record, payload.get("usage") or {})
+                    record.answer = _answer(payload)
                 record.ok = True
             else:
                 record.error = _error_message(response.content)

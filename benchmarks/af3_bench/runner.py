@@ -26,10 +26,6 @@ class Endpoint:
     replica_metrics: tuple[str, ...] = ()
 
     @property
-    def chat_url(self) -> str:
-        return f"{self.url.rstrip('/')}/v1/chat/completions"
-
-    @property
     def metrics_urls(self) -> tuple[str, ...]:
         return self.replica_metrics or (f"{self.url.rstrip('/')}/metrics",)
 
@@ -94,7 +90,7 @@ async def run_pass(
             async with slots:
                 for _ in conversation.questions:
                     request = conversation.request(answers)
-                    record = await send(client, endpoint.chat_url, headers, request, stream, start)
+                    record = await send(client, endpoint.url, headers, request, stream, start)
                     records.append(record)
                     progress.update()
                     if not record.ok:
@@ -135,9 +131,9 @@ async def warm_up(endpoint: Endpoint, request: Request, stream: bool, timeout_s:
     """One untimed request, so that a wrong URL, key or model stops the run at once and
     first-request costs stay out of the numbers."""
     async with _client(timeout_s) as client:
-        record = await send(client, endpoint.chat_url, endpoint.headers, request, stream, 0.0)
+        record = await send(client, endpoint.url, endpoint.headers, request, stream, 0.0)
     if not record.ok:
         raise RuntimeError(
-            f"warm-up request to {endpoint.name} ({endpoint.chat_url}) failed: "
+            f"warm-up request to {endpoint.name} ({endpoint.url}{request.path}) failed: "
             f"HTTP {record.status}: {record.error}"
         )

@@ -158,12 +158,43 @@ def questions(first: str, turns: int) -> tuple[str, ...]:
     return (first, *(FOLLOW_UPS[i % len(FOLLOW_UPS)] for i in range(turns - 1)))
 
 
+CHAT_PATH = "/v1/chat/completions"
+TRANSCRIPTION_PATH = "/v1/audio/transcriptions"
+_BOUNDARY = "af3-bench-7d1f0c2b9e4a"
+
+
 @dataclass(frozen=True)
 class Request:
     index: int  # the conversation's: all turns about one audio share it
     audio_seconds: float
     body: tuple[bytes | memoryview, ...]  # joined when sent; the clip's base64 is shared
     turn: int = 1
+    path: str = CHAT_PATH
+    content_type: str = "application/json"
+
+    @property
+    def transcription(self) -> bool:
+        return self.path == TRANSCRIPTION_PATH
+
+
+def transcription_request(
+    index: int, audio_seconds: float, fields: dict[str, Any], audio: bytes, fmt: str
+) -> Request:
+    """A multipart form for /v1/audio/transcriptions: `fields`, then the file."""
+    parts = [
+        f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    head = "".join(parts) + (
+        f'--{_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="audio.{fmt}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+    )
+    tail = f"\r\n--{_BOUNDARY}--\r\n"
+    content_type = f"multipart/form-data; boundary={_BOUNDARY}"
+    return Request(
+        index, audio_seconds, (head.encode(), audio, tail.encode()), 1, TRANSCRIPTION_PATH,
+        content_type,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -178,9 +209,16 @@ class Conversation:
     audio: tuple[bytes | memoryview, ...]  # base64 parts, joined when sent
     fmt: str
     questions: tuple[str, ...]
+    # The file to /v1/audio/transcriptions (raw bytes in `audio`; one turn) instead of chat.
+    transcribe: bool = False
 
     def request(self, answers: list[str]) -> Request:
         """The request of turn len(answers) + 1, after the server's `answers` so far."""
+        if self.transcribe:
+            audio = b"".join(self.audio)
+            return transcription_request(
+                self.index, self.audio_seconds, self.fields, audio, self.fmt
+            )
         audio_part = {
             "type": "input_audio",
             "input_audio": {"data": _PLACEHOLDER, "format": self.fmt},
@@ -208,7 +246,12 @@ class Workload:
         fmt: str,
         prompt: str,
         repeat_audio: bool,
+        transcribe: bool = False,
     ) -> None:
+        """`transcribe`: each request is the file itself, to /v1/audio/transcriptions,
+        signed with faint noise of its own (a voice-activity detector hears it as silence;
+        every window the server cuts still differs from any other request's)."""
+        self.transcribe = transcribe
         self.source = source
         self.lengths = lengths
         self.fmt = fmt
@@ -222,7 +265,7 @@ class Workload:
         # request by swapping 16 base64 characters; mp3/flac are re-encoded in requests().
         self._clips: dict[tuple[float, int], bytes] = {}
         self._slots: dict[tuple[float, int], int] = {}
-        if fmt == "wav" or repeat_audio:
+        if (fmt == "wav" or repeat_audio) and not transcribe:
             for key in tqdm(sorted(set(self._keys)), desc="encoding clips", unit="clip"):
                 data = encode(source.audio(*key), fmt)
                 self._clips[key] = base64.b64encode(data)
@@ -246,6 +289,14 @@ class Workload:
         first = self._next_signature
         self._next_signature += len(keys)
         audio: list[tuple[bytes | memoryview, ...]]
+        if self.transcribe:
+            progress = tqdm(keys, desc=f"encoding {self.fmt}", unit="file")
+            numbers = [first if self.repeat_audio else first + i for i in range(len(keys))]
+            audio = [(self._noisy(key, n),) for key, n in zip(progress, numbers, strict=True)]
+            return [
+                Conversation(i, key[0], fields, parts, self.fmt, ("",), transcribe=True)
+                for i, (key, parts) in enumerate(zip(keys, audio, strict=True))
+            ]
         if self.repeat_audio:
             audio = [(self._clips[key],) for key in keys]
         elif self.fmt == "wav":
@@ -266,6 +317,9 @@ class Workload:
         return (b64[:slot], signature, b64[slot + len(signature) :])
 
     def _signed_compressed(self, key: tuple[float, int], number: int) -> bytes:
+        return base64.b64encode(self._noisy(key, number))
+
+    def _noisy(self, key: tuple[float, int], number: int) -> bytes:
         audio = self.source.audio(*key)
         noise = np.random.default_rng(number).standard_normal(audio.size).astype(np.float32)
-        return base64.b64encode(encode(audio + _DITHER * noise, self.fmt))
+        return encode(audio + _DITHER * noise, self.fmt)

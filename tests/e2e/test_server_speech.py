@@ -1,29 +1,28 @@
 """OpenAI's speech-to-text API through the official client against a real af3-serve: the
 transcripts are what vLLM's offline engine gives for the same windows, prompts and greedy
 decoding. The HTTP side (formats, windows, stream events, errors) is in
-tests/http/test_http_speech.py; the wrapper phrasing's removal in
-tests/unit/test_transcript_cleaner.py."""
+tests/http/test_http_speech.py and tests/http/test_speech_windows.py; the wrapper phrasing's
+removal in tests/unit/test_transcript_cleaner.py."""
 
 from pathlib import Path
 
-import librosa
 import numpy as np
 import openai
 import pytest
-import soundfile as sf
 from vllm import SamplingParams
 
+from af3_serve.inputs.audio import AudioLimits, decode_pcm16
+from af3_serve.speech.segmentation import speech_windows
 from af3_serve.transcript_cleaner import clean
 from tests.support.audio_files import as_sent, encode, make_clip
 from tests.support.oracles import chat_prompt
 from tests.support.server import API_KEY
 
 MODEL = "audio-flamingo-3"
-# What af3-serve asks AF3 for each 30-s window (af3_serve/speech/serving.py).
+# What af3-serve asks AF3 for each window (af3_serve/speech/serving.py).
 TRANSCRIBE = "Transcribe the input speech."
 TRANSLATE = "Translate the input speech into English."
 MAX_TOKENS_PER_WINDOW = 512
-WINDOW, MIN_TAIL = 30 * 16000, 16000
 
 
 @pytest.fixture(scope="module")
@@ -44,25 +43,22 @@ def wav_75s(clip_75s, tmp_path_factory) -> Path:
 
 
 def as_decoded(path: Path) -> np.ndarray:
-    """The 16-kHz samples af3-serve decodes from a file: libsndfile's float32 of the
-    16-bit PCM, resampled by soxr as the server does."""
-    audio, rate = sf.read(path, dtype="float32")
-    if rate != 16000:
-        audio = librosa.resample(audio, orig_sr=rate, target_sr=16000, res_type="soxr_hq")
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    """The 16-kHz samples af3-serve keeps of a file to transcribe: 16-bit PCM, resampled
+    by soxr block by block as the server does."""
+    with path.open("rb") as f:
+        return decode_pcm16(f, AudioLimits(3600, 2**30), "file")
 
 
 def engine_windows(llm, checkpoint: Path, audio: np.ndarray, instruction: str) -> list:
-    """vLLM's offline engine on each 30-s window (a tail under 1 s rides with the window
-    before), with the server's instruction, greedy: one RequestOutput per window."""
-    bounds = [(s, min(s + WINDOW, audio.size)) for s in range(0, audio.size, WINDOW)]
-    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < MIN_TAIL:
-        bounds[-2:] = [(bounds[-2][0], bounds[-1][1])]
+    """vLLM's offline engine on each of the server's windows (its plan at the pauses,
+    checked against known pauses in tests/http/test_speech_windows.py), with the server's
+    instruction, greedy: one RequestOutput per window."""
+    pcm = audio if audio.dtype == np.int16 else np.rint(audio * 32768).astype(np.int16)
     prompt = chat_prompt(checkpoint, instruction)
     return llm.generate(
         [
-            {"prompt": prompt, "multi_modal_data": {"audio": [(audio[a:b], 16000)]}}
-            for a, b in bounds
+            {"prompt": prompt, "multi_modal_data": {"audio": [(w.audio(pcm), 16000)]}}
+            for w in speech_windows(pcm)
         ],
         SamplingParams(max_tokens=MAX_TOKENS_PER_WINDOW, temperature=0),
     )
@@ -98,7 +94,12 @@ def test_verbose_json_segments_are_the_engine_windows(
             model=MODEL, file=f, response_format="verbose_json", prompt="A meeting."
         )
     assert result.duration == pytest.approx(75.0)
-    assert [(s.start, s.end) for s in result.segments] == [(0, 30), (30, 60), (60, 75)]
+    pcm = np.rint(as_sent(clip_75s) * 32768).astype(np.int16)
+    windows = [(w.start / 16000, w.end / 16000) for w in speech_windows(pcm)]
+    assert len(windows) >= 3
+    assert [(s.start, s.end) for s in result.segments] == [
+        (pytest.approx(a, abs=1e-3), pytest.approx(b, abs=1e-3)) for a, b in windows
+    ]
     outputs = engine_windows(
         llm, tiny_checkpoint, as_sent(clip_75s), f"{TRANSCRIBE} Context: A meeting."
     )

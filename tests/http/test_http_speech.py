@@ -1,8 +1,12 @@
-"""OpenAI's speech-to-text API over HTTP, in-process: the file cut into 30-s windows, one
+"""OpenAI's speech-to-text API over HTTP, in-process: the file cut into windows, one
 engine request each with AF3's instruction, answers stitched in window order and rendered as
 json, text, srt, vtt, verbose_json or a stream of events; errors name the field. The fake
-engine answers each window with a text of its own, so the content is known exactly."""
+engine answers each window with a text of its own, so the content is known exactly.
 
+Here the voice-activity detector is pinned to find speech in every 30-s stretch, so the
+windows are known; where the real detector puts them is tests/http/test_speech_windows.py."""
+
+import asyncio
 import io
 import json
 import re
@@ -13,6 +17,7 @@ import soundfile as sf
 import srt
 import webvtt
 
+from af3_serve.inputs.vad import VoiceActivity
 from tests.support.audio_files import encode, make_clip
 from tests.support.http_helpers import (
     MODEL,
@@ -23,11 +28,22 @@ from tests.support.http_helpers import (
     assert_error,
     server_fixture,
     sse_data,
+    until,
 )
 from tests.support.in_process import InProcess
 
 api = server_fixture()
 WINDOWS = [(0.0, 30.0), (30.0, 60.0), (60.0, 75.0)]
+
+
+@pytest.fixture(autouse=True)
+def speech_every_30_s(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def regions(self, pcm) -> list[tuple[int, int]]:
+        step = 30 * 16000
+        margin = 16000 // 2  # the plan widens each window by as much again
+        return [(a + margin, min(a + step, pcm.size) - margin) for a in range(0, pcm.size, step)]
+
+    monkeypatch.setattr(VoiceActivity, "regions", regions)
 
 
 @pytest.fixture(scope="module")
@@ -180,12 +196,6 @@ async def test_verbose_json_segments_are_the_windows(
     assert result["usage"]["output_tokens"] == sum(len(s["tokens"]) for s in segments)
 
 
-async def test_a_short_tail_rides_with_the_previous_window(api, speech) -> None:
-    window_answers(api)
-    response = await post(api, encode(make_clip(speech, 60.5)), response_format="verbose_json")
-    assert [(s["start"], s["end"]) for s in response.json()["segments"]] == [(0, 30), (30, 60.5)]
-
-
 async def test_a_silent_window(api, wav_75s: bytes) -> None:
     """A window whose answer is empty once cleaned: no text, a "..." cue, the times kept."""
     window_answers(api, {1: ' The spoken content of the audio is "".'})
@@ -216,8 +226,12 @@ async def test_streaming_events_come_in_window_order(api, wav_75s: bytes) -> Non
     long = " " + " ".join(f"word{i}" for i in range(40)) + "."
     texts = window_answers(api, {0: long})
     whole = (await post(api, wav_75s)).json()
-    response = await post(api, wav_75s, stream="true")
-    data = sse_data(response)
+    api.engine.started.clear()
+    api.engine.paused = True  # until all three windows are in the engine
+    streaming = asyncio.create_task(post(api, wav_75s, stream="true"))
+    await until(lambda: len(api.engine.started) == 3)
+    api.engine.paused = False
+    data = sse_data(await streaming)
     assert "[DONE]" not in data
     events = [json.loads(d) for d in data]
     deltas = [e for e in events if e["type"] == "transcript.text.delta"]
@@ -250,8 +264,6 @@ async def test_errors_name_the_field(api, speech) -> None:
     assert_error(junk, 400, "file", "invalid_audio")
     missing = await api.client.post(TRANSCRIPTIONS, data={"model": MODEL})
     assert_error(missing, 400, "file")
-    too_long = await post(api, encode(make_clip(speech, 601.0)))
-    assert_error(too_long, 413, "file", "audio_too_long")
     too_short = await post(api, encode(speech[:200]))
     assert_error(too_short, 400, "file", "audio_too_short")
     one_second = encode(speech[:16000])

@@ -125,6 +125,17 @@ def _symlink_out(media: Path) -> str:
     return link.as_uri()
 
 
+def flac_claiming(hours: float) -> bytes:
+    """One second of FLAC whose header says it lasts `hours` (past the transcription limit)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.zeros(16000, np.float32), 16000, format="FLAC")
+    data = bytearray(buffer.getvalue())
+    at = 8 + 10  # "fLaC", the block header, then STREAMINFO's rate, channels, bits, length
+    fields = int.from_bytes(data[at : at + 8], "big") & ~(2**36 - 1)
+    data[at : at + 8] = (fields | int(hours * 3600 * 16000)).to_bytes(8, "big")
+    return bytes(data)
+
+
 def tone(num_samples: int) -> np.ndarray:
     return np.sin(np.linspace(0, num_samples / 8, num_samples)).astype(np.float32) * 0.3
 
@@ -279,11 +290,7 @@ CASES = [
     Case("speech without file", (400,), speech({"model": MODEL}, None)),
     Case("speech empty file", (400,), speech({"model": MODEL}, b"")),
     Case("speech garbage file", (400,), speech({"model": MODEL}, b"\x00\x01" * 5000)),
-    Case(
-        "speech 11-minute file",
-        (413,),
-        speech({"model": MODEL}, wav_bytes(np.zeros(16000 * 660, np.float32))),
-    ),
+    Case("speech file claiming 4 hours", (413,), speech({"model": MODEL}, flac_claiming(4))),
     Case(
         "speech bad response_format",
         (400,),
