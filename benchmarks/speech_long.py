@@ -21,12 +21,14 @@ before PYTHONPATH: another tree's server runs from that tree's folder.)
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,23 @@ def short_ttft(server: Server, clip: str) -> float:
             if line.startswith("data: {") and json.loads(line[6:])["choices"]:
                 return time.perf_counter() - start
     raise RuntimeError("no token")
+
+
+@contextlib.contextmanager
+def streamed_transcription(server: Server, path: Path) -> Iterator[httpx.Response]:
+    """A file sent to the transcription endpoint with `stream=true`, its events to read."""
+    with (
+        path.open("rb") as f,
+        httpx.stream(
+            "POST",
+            server.url + TRANSCRIPTIONS,
+            headers=AUTH,
+            data={"model": MODEL, "stream": "true"},
+            files={"file": (path.name, f)},
+            timeout=7200,
+        ) as response,
+    ):
+        yield response
 
 
 def cpu(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,17 +206,7 @@ def hours(args: argparse.Namespace) -> dict[str, Any]:
         def long_one() -> None:
             t0 = time.perf_counter()
             first = None
-            with (
-                path.open("rb") as f,
-                httpx.stream(
-                    "POST",
-                    server.url + TRANSCRIPTIONS,
-                    headers=AUTH,
-                    data={"model": MODEL, "stream": "true"},
-                    files={"file": (path.name, f)},
-                    timeout=7200,
-                ) as response,
-            ):
+            with streamed_transcription(server, path) as response:
                 for line in response.iter_lines():
                     if line.startswith("data: ") and first is None:
                         first = time.perf_counter() - t0
@@ -252,17 +261,7 @@ def hours(args: argparse.Namespace) -> dict[str, Any]:
         started = threading.Barrier(5, timeout=3600)
 
         def until_first_delta() -> None:
-            with (
-                path.open("rb") as f,
-                httpx.stream(
-                    "POST",
-                    server.url + TRANSCRIPTIONS,
-                    headers=AUTH,
-                    data={"model": MODEL, "stream": "true"},
-                    files={"file": (path.name, f)},
-                    timeout=7200,
-                ) as response,
-            ):
+            with streamed_transcription(server, path) as response:
                 for line in response.iter_lines():
                     if line.startswith("data: "):
                         break

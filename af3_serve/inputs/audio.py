@@ -160,12 +160,8 @@ def _read_blocks(f: sf.SoundFile, max_frames: int, limits: AudioLimits, param: s
 
 
 def _too_large(limits: AudioLimits, param: str) -> APIError:
-    return APIError(
-        413,
-        f"The decoded audio is larger than {limits.max_decoded_bytes} bytes.",
-        param=param,
-        code="audio_too_long",
-    )
+    message = f"The decoded audio is larger than {limits.max_decoded_bytes} bytes."
+    return APIError(413, message, param=param, code="audio_too_long")
 
 
 def _read_pcm16(f: sf.SoundFile, limits: AudioLimits, param: str) -> np.ndarray:

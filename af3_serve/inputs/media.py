@@ -37,12 +37,8 @@ def _b64decode(data: str, param: str) -> bytes:
 
 
 def _too_big(policy: MediaPolicy, param: str) -> APIError:
-    return APIError(
-        413,
-        f"Audio file is larger than {policy.max_bytes} bytes.",
-        param=param,
-        code="audio_too_large",
-    )
+    message = f"Audio file is larger than {policy.max_bytes} bytes."
+    return APIError(413, message, param=param, code="audio_too_large")
 
 
 async def load_audio_bytes(part: AudioPart, policy: MediaPolicy, param: str) -> bytes:

@@ -92,11 +92,7 @@ class InputPreparer:
             # The same check as our multimodal processor's, here with the part it came from.
             status = 413 if error.code == "audio_too_long" else 400
             raise APIError(status, str(error), param=param, code=error.code)
-        seconds = audio.size / SAMPLE_RATE
-        if seconds > claimed:
-            self.admission.reserve_audio(ticket, seconds - claimed)
-        metrics.AUDIO_DECODE_SECONDS.observe(time.perf_counter() - start)
-        metrics.AUDIO_SECONDS.inc(seconds)
+        self._decoded(ticket, audio.size, claimed, start)
         return audio
 
     async def decode_transcription(self, file: BinaryIO, param: str, ticket: Ticket) -> np.ndarray:
@@ -119,12 +115,16 @@ class InputPreparer:
             error := self.spec.length_error(pcm.size)
         ) is not None and error.code != "audio_too_long":
             raise APIError(400, str(error), param=param, code=error.code)
-        seconds = pcm.size / SAMPLE_RATE
+        self._decoded(ticket, pcm.size, claimed, start)
+        return pcm
+
+    def _decoded(self, ticket: Ticket, samples: int, claimed: float, start: float) -> None:
+        """Reserve what the header understated, and count the decoding."""
+        seconds = samples / SAMPLE_RATE
         if seconds > claimed:
             self.admission.reserve_audio(ticket, seconds - claimed)
         metrics.AUDIO_DECODE_SECONDS.observe(time.perf_counter() - start)
         metrics.AUDIO_SECONDS.inc(seconds)
-        return pcm
 
     async def off_loop(self, work: Callable[..., T], *args: Any) -> T:
         """CPU work of a request (decoding, voice activity) in the decode workers."""

@@ -86,6 +86,11 @@ def question(speech, text: str = "Tag this recording.") -> list[dict]:
     return [{"role": "user", "content": [audio_part(clip), {"type": "text", "text": text}]}]
 
 
+def sampled(speech, seed: int, **kwargs) -> dict:
+    """A chat request about a recording, sampled (temperature 1) with `seed`."""
+    return dict(model=MODEL, messages=question(speech), temperature=1.0, seed=seed, **kwargs)
+
+
 def healthy(server) -> bool:
     return httpx.get(f"{server.url}/health", timeout=10).status_code == 200
 
@@ -96,14 +101,7 @@ def test_json_schema_answers_validate(llm_client, speech, stream) -> None:
         "type": "json_schema",
         "json_schema": {"name": "tag", "schema": LABEL, "strict": True},
     }
-    kwargs = dict(
-        model=MODEL,
-        messages=question(speech),
-        max_tokens=60,
-        temperature=1.0,
-        seed=1,
-        response_format=response_format,
-    )
+    kwargs = sampled(speech, seed=1, max_tokens=60, response_format=response_format)
     if stream:
         chunks = list(llm_client.chat.completions.create(**kwargs, stream=True))
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -268,15 +266,9 @@ def test_refusals_are_400s_and_the_engine_lives_on(tool_server, llm_client, spee
 def test_logprob_bytes_prompt_logprobs_and_continuous_usage(llm_client, speech) -> None:
     """The rest of vLLM's chat parameters on the real engine: random weights answer in
     stray bytes, whose logprobs' bytes still rebuild the text."""
+    extra = {"prompt_logprobs": 0, "min_p": 0.01, "bad_words": ["zz"]}
     reply = llm_client.chat.completions.create(
-        model=MODEL,
-        messages=question(speech),
-        max_tokens=24,
-        temperature=1.0,
-        seed=3,
-        logprobs=True,
-        top_logprobs=2,
-        extra_body={"prompt_logprobs": 0, "min_p": 0.01, "bad_words": ["zz"]},
+        **sampled(speech, seed=3, max_tokens=24, logprobs=True, top_logprobs=2, extra_body=extra)
     )
     choice = reply.choices[0]
     raw = bytes(b for entry in choice.logprobs.content for b in entry.bytes)

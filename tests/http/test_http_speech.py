@@ -139,34 +139,44 @@ async def test_text_format(api, wav_75s: bytes) -> None:
     assert response.text == " ".join(texts) + "\n"
 
 
-async def test_srt_has_one_cue_per_window(api, wav_75s: bytes) -> None:
-    window_answers(api)
-    response = await post(api, wav_75s, response_format="srt")
-    assert response.headers["content-type"].startswith("application/x-subrip")
-    assert response.text == (
+def _srt_cues(text: str) -> list[tuple[float, float, str]]:
+    second = timedelta(seconds=1)
+    return [(c.start / second, c.end / second, c.content) for c in srt.parse(text)]
+
+
+def _vtt_cues(text: str) -> list[tuple[float, float, str]]:
+    captions = webvtt.from_buffer(io.StringIO(text)).captions
+    return [(c.start_in_seconds, c.end_in_seconds, c.text) for c in captions]
+
+
+# Each format's content type, its text for the three windows, and its parser's reading.
+SUBTITLES = {
+    "srt": (
+        "application/x-subrip",
         "1\n00:00:00,000 --> 00:00:30,000\nWindow 0 says hello.\n\n"
         "2\n00:00:30,000 --> 00:01:00,000\nWindow 1 says hello.\n\n"
-        "3\n00:01:00,000 --> 00:01:15,000\nWindow 2 says hello.\n"
-    )
-    cues = list(srt.parse(response.text))
-    second = timedelta(seconds=1)
-    assert [(c.start / second, c.end / second) for c in cues] == WINDOWS
-    assert [c.content for c in cues] == [f"Window {i} says hello." for i in range(3)]
-
-
-async def test_vtt_has_one_cue_per_window(api, wav_75s: bytes) -> None:
-    window_answers(api)
-    response = await post(api, wav_75s, response_format="vtt")
-    assert response.headers["content-type"].startswith("text/vtt")
-    assert response.text == (
-        "WEBVTT\n\n"
-        "00:00:00.000 --> 00:00:30.000\nWindow 0 says hello.\n\n"
+        "3\n00:01:00,000 --> 00:01:15,000\nWindow 2 says hello.\n",
+        _srt_cues,
+    ),
+    "vtt": (
+        "text/vtt",
+        "WEBVTT\n\n00:00:00.000 --> 00:00:30.000\nWindow 0 says hello.\n\n"
         "00:00:30.000 --> 00:01:00.000\nWindow 1 says hello.\n\n"
-        "00:01:00.000 --> 00:01:15.000\nWindow 2 says hello.\n"
-    )
-    cues = webvtt.from_buffer(io.StringIO(response.text)).captions
-    assert [(c.start_in_seconds, c.end_in_seconds) for c in cues] == [(0, 30), (30, 60), (60, 75)]
-    assert [c.text for c in cues] == [f"Window {i} says hello." for i in range(3)]
+        "00:01:00.000 --> 00:01:15.000\nWindow 2 says hello.\n",
+        _vtt_cues,
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(SUBTITLES))
+async def test_subtitles_have_one_cue_per_window(api, wav_75s: bytes, fmt: str) -> None:
+    content_type, expected, cues = SUBTITLES[fmt]
+    window_answers(api)
+    response = await post(api, wav_75s, response_format=fmt)
+    assert response.headers["content-type"].startswith(content_type)
+    assert response.text == expected
+    said = [f"Window {i} says hello." for i in range(3)]
+    assert cues(response.text) == [(a, b, text) for (a, b), text in zip(WINDOWS, said, strict=True)]
 
 
 @pytest.mark.parametrize(
