@@ -41,7 +41,7 @@ ON_THE_REAL_SERVER = [
     "body over the limit",
     "wrong api key",
     "speech garbage file",
-    "speech 11-minute file",
+    "speech file claiming 4 hours",
     *(c.name for c in LENGTH_CASES),
 ]
 

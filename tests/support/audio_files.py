@@ -43,3 +43,14 @@ def as_sent(audio: np.ndarray, fmt: str = "wav") -> np.ndarray:
     moves greedy answers of the random-weight model, so references get these."""
     decoded, _ = sf.read(io.BytesIO(encode(audio, fmt)), dtype="float32")
     return decoded
+
+
+def transcription_windows(audio: np.ndarray) -> list[np.ndarray]:
+    """What af3-serve transcribes of `audio` sent as a WAV file: the upload decoded to 16-bit
+    PCM as the server decodes it, cut by its window plan at the pauses; each window as the
+    float32 samples the engine gets."""
+    from af3_serve.inputs.audio import AudioLimits, decode_pcm16
+    from af3_serve.speech.segmentation import speech_windows
+
+    pcm = decode_pcm16(io.BytesIO(encode(audio)), AudioLimits(4 * 3600, 2**31), "file")
+    return [w.audio(pcm) for w in speech_windows(pcm)]

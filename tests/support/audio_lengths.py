@@ -10,7 +10,7 @@ import openai
 from transformers import AutoProcessor
 
 from af3_model_executor.audio_spec import AudioSpec
-from tests.support.audio_files import as_sent, audio_part, encode
+from tests.support.audio_files import as_sent, audio_part, encode, transcription_windows
 from tests.support.oracles import chat_prompt
 from tests.support.server import API_KEY
 
@@ -104,18 +104,19 @@ def check_clips_past_boundaries(
 def check_transcription_past_a_boundary(
     url: str, model: str, checkpoint: Path, speech: np.ndarray
 ) -> None:
-    """60.005 s transcribed as two windows, the second 30.005 s long (its last 80 samples
-    yield no token): transformers' prompt tokens for both, the server healthy after."""
+    """60.005 s of speech transcribed (its last 80 samples would make a tokenless window of
+    fixed 30-s cuts): each window of the server's plan at the pauses gets transformers' prompt
+    tokens, none is over 30 s, and the server stays healthy."""
     spec = AudioSpec.from_pretrained(str(checkpoint))
     processor = AutoProcessor.from_pretrained(checkpoint)
     clip = as_sent(clip_of(speech, 2 * spec.window_samples + 80))
     usage = transcription_usage(url, API_KEY, model, clip)
+    windows = transcription_windows(clip)
+    assert all(w.size <= spec.window_samples for w in windows)
     prompt = chat_prompt(checkpoint, TRANSCRIBE)
-    halves = (clip[: spec.window_samples], clip[spec.window_samples :])
-    assert usage["input_tokens"] == sum(hf_prompt_tokens(processor, prompt, h) for h in halves)
-    assert usage["input_token_details"]["audio_tokens"] == 2 * spec.num_audio_tokens(
-        spec.window_samples
-    )
+    assert usage["input_tokens"] == sum(hf_prompt_tokens(processor, prompt, w) for w in windows)
+    audio_tokens = sum(spec.num_audio_tokens(w.size) for w in windows)
+    assert usage["input_token_details"]["audio_tokens"] == audio_tokens
     assert healthy(url)
 
 
