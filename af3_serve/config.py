@@ -107,6 +107,12 @@ class ServerSettings:
     """Memory for stored responses (/v1/responses with store, for previous_response_id), their
     audio included; the least recently used go first. In this process only: not kept over a
     restart nor shared between replicas."""
+    max_realtime_sessions: int = 64
+    """/v1/realtime sessions open at once; a connection past it gets an error event and is
+    closed."""
+    max_realtime_buffer_seconds: float = 600.0
+    """Uncommitted audio one realtime session may hold (never more than --max-audio-seconds);
+    an append past it gets an error event and is not taken."""
     engine_death_grace_s: float = 5.0
     """Seconds of /health 503 before exiting when the engine dies."""
     demo_page: bool = True

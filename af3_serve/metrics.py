@@ -31,6 +31,7 @@ KNOWN_PATHS = frozenset(
         "/health",
         "/version",
         "/metrics",
+        "/v1/realtime",
     }
 )
 REJECTED = Counter("af3_requests_rejected_total", "Requests refused, by reason.", ["reason"])
@@ -45,6 +46,21 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "From request arrival to the first generated token, whether streamed or answered whole.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80),
 )
+REALTIME_SESSIONS = Gauge("af3_realtime_sessions_open", "Open /v1/realtime sessions.")
+REALTIME_SESSIONS_TOTAL = Counter(
+    "af3_realtime_sessions_total", "/v1/realtime sessions opened, by type.", ["type"]
+)
+REALTIME_TURNS = Counter(
+    "af3_realtime_turns_total",
+    "Realtime turns: committed audio transcribed and responses, by kind and outcome.",
+    ["kind", "outcome"],
+)
+REALTIME_AUDIO_SECONDS = Counter(
+    "af3_realtime_audio_seconds_total", "Seconds of audio committed in realtime sessions."
+)
+REALTIME_ERRORS = Counter(
+    "af3_realtime_error_events_total", "Error events sent to realtime clients, by code.", ["code"]
+)
 
 # Every label value the counters above take, so that each series exists at 0 from the start:
 # Grafana's panels and rate() alerts see 0 instead of "No data" before the first event.
@@ -55,6 +71,7 @@ REJECT_REASONS = (
     "engine_dead",
     "body_too_large",
     "body_read_timeout",
+    "realtime_sessions",
 )
 DISCONNECT_ENDPOINTS = ("upload",) + tuple(
     endpoint + stage
@@ -65,6 +82,7 @@ DISCONNECT_ENDPOINTS = ("upload",) + tuple(
         "tokenize",
         "transcriptions",
         "translations",
+        "realtime",
     )
     for stage in ("_prepare", "", "_stream")
 )
@@ -75,3 +93,8 @@ def initialise_labels() -> None:
         REJECTED.labels(reason)
     for endpoint in DISCONNECT_ENDPOINTS:
         CLIENT_DISCONNECTS.labels(endpoint)
+    for kind in ("realtime", "transcription"):
+        REALTIME_SESSIONS_TOTAL.labels(kind)
+    for kind in ("transcription", "response"):
+        for outcome in ("completed", "failed", "cancelled"):
+            REALTIME_TURNS.labels(kind, outcome)

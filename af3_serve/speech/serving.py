@@ -3,6 +3,7 @@ transcribed as its own engine request, all of them batched concurrently by the e
 stitched in order, whole or streamed."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,8 +105,19 @@ class SpeechAnswer:
         return segments
 
     async def events(self) -> AsyncIterator[str]:
-        """Every window generates at once; deltas go out in window order, each window's
-        wrapper phrasing removed on the fly (JSON payloads for `ServedRequest.stream`)."""
+        """The stream's events as JSON payloads for `ServedRequest.stream`."""
+        # aclosing: a client that leaves stops the windows now, not when the GC runs.
+        async with contextlib.aclosing(self.pieces()) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, str):
+                    yield TranscriptionTextDelta(delta=piece).model_dump_json()
+                else:
+                    yield piece.model_dump_json()
+
+    async def pieces(self) -> AsyncIterator[str | TranscriptionTextDone]:
+        """Every window generates at once; text deltas go out in window order, each
+        window's wrapper phrasing removed on the fly, then the whole text with its usage
+        (also what a realtime session's turn sends)."""
         queues: list[asyncio.Queue[CompletionOutput | BaseException | None]] = [
             asyncio.Queue() for _ in self.inputs
         ]
@@ -140,8 +152,7 @@ class SpeechAnswer:
                     yield _delta(rest, window_start=not sent, after_previous=bool(pieces))
                 if window_text:
                     pieces.append(window_text)
-            done = TranscriptionTextDone(text=" ".join(pieces), usage=self.usage(output_tokens))
-            yield done.model_dump_json()
+            yield TranscriptionTextDone(text=" ".join(pieces), usage=self.usage(output_tokens))
         finally:
             for task in tasks:
                 task.cancel()  # cancelling a pump aborts its engine request
@@ -156,6 +167,4 @@ async def _last(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
 
 
 def _delta(text: str, window_start: bool, after_previous: bool) -> str:
-    if window_start and after_previous:
-        text = " " + text
-    return TranscriptionTextDelta(delta=text).model_dump_json()
+    return " " + text if window_start and after_previous else text
