@@ -10,7 +10,7 @@ import pytest
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import TypeAdapter
 
-from tests.support.audio_files import encode, make_clip
+from tests.support.audio_files import as_pcm16, at_24k, encode, make_clip, pcm16
 from tests.support.http_helpers import (
     MODEL,
     THINK_MODEL,
@@ -26,18 +26,6 @@ from tests.support.ws_asgi import AsgiWebSocket, realtime_socket
 api = server_fixture()
 SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
 TRANSCRIPTION = "intent=transcription"
-
-
-def pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1, 1 - 2**-15) * 32768).astype("<i2").tobytes()
-
-
-def at_24k(speech: np.ndarray, seconds: float) -> np.ndarray:
-    """A clip of real speech at OpenAI's 24 kHz, as 16-bit values (what a client sends)."""
-    import soxr
-
-    clip = soxr.resample(make_clip(speech, seconds), 16000, 24000)
-    return np.frombuffer(pcm16(clip), "<i2").astype(np.float32) / 32768
 
 
 def append(audio: np.ndarray, chunk_s: float = 0.5, rate: int = 24000) -> list[dict]:
@@ -107,7 +95,7 @@ async def test_long_turn_is_transcribed_in_30s_pieces(api: InProcess, speech) ->
     """65 s at 16 kHz (the session says so): three windows, stitched as the REST answer."""
     api.engine.answer_for = lambda rid: f" Window {rid.rsplit('-', 1)[1]} says hello."
     audio = make_clip(speech, 65.0)
-    audio = np.frombuffer(pcm16(audio), "<i2").astype(np.float32) / 32768
+    audio = as_pcm16(audio)
     async with realtime_socket(api.app, TRANSCRIPTION) as ws:
         await ws.recv()
         fmt = {"type": "audio/pcm", "rate": 16000}

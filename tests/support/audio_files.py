@@ -43,3 +43,21 @@ def as_sent(audio: np.ndarray, fmt: str = "wav") -> np.ndarray:
     moves greedy answers of the random-weight model, so references get these."""
     decoded, _ = sf.read(io.BytesIO(encode(audio, fmt)), dtype="float32")
     return decoded
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    """16-bit little-endian PCM, as a realtime client sends it."""
+    return (np.clip(audio, -1, 1 - 2**-15) * 32768).astype("<i2").tobytes()
+
+
+def as_pcm16(audio: np.ndarray) -> np.ndarray:
+    """`audio` rounded to 16-bit values, so that a WAV of it and its `pcm16` hold the same
+    samples (a realtime turn and the same audio uploaded decode alike)."""
+    return np.frombuffer(pcm16(audio), "<i2").astype(np.float32) / 32768
+
+
+def at_24k(speech: np.ndarray, seconds: float) -> np.ndarray:
+    """A clip of real speech at OpenAI's realtime rate, 24 kHz, in 16-bit values."""
+    import soxr
+
+    return as_pcm16(soxr.resample(make_clip(speech, seconds), SAMPLE_RATE, 24000))

@@ -1,0 +1,108 @@
+"""/v1/realtime through the official `openai` client (`client.realtime.connect`) against a
+real af3-serve: a transcription session's committed turns equal the REST transcription of
+the same audio (greedy), a turn past 30 s included; a conversation session answers about
+what it heard; hostile events leave it usable. The event shapes and orders are checked
+in-process in tests/http/test_realtime.py."""
+
+import base64
+
+import openai
+import pytest
+
+from tests.support.audio_files import at_24k, encode, pcm16
+from tests.support.server import API_KEY
+
+MODEL = "audio-flamingo-3"
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+
+
+@pytest.fixture
+def rt_client(server) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=600
+    )
+
+
+async def send_turn(conn, audio, chunk_s: float = 1.0) -> None:  # noqa: ANN001
+    data, step = pcm16(audio), int(chunk_s * 24000) * 2
+    for i in range(0, len(data), step):
+        await conn.input_audio_buffer.append(audio=base64.b64encode(data[i : i + step]).decode())
+    await conn.input_audio_buffer.commit()
+
+
+async def until(conn, kind: str) -> list:  # noqa: ANN001
+    events = []
+    async for event in conn:
+        events.append(event)
+        assert event.type != "error", event
+        if event.type == kind:
+            return events
+    raise AssertionError(f"the socket closed before {kind}")
+
+
+@pytest.mark.asyncio
+async def test_transcription_session_equals_rest(rt_client, speech) -> None:
+    turns = [at_24k(speech, 6.0), at_24k(speech, 40.0)]
+    transcripts = []
+    async with rt_client.realtime.connect(
+        model=MODEL, extra_query={"intent": "transcription"}
+    ) as conn:
+        created = await conn.recv()
+        assert created.type == "session.created" and created.session.type == "transcription"
+        await conn.session.update(
+            session={"type": "transcription", "audio": {"input": {"turn_detection": None}}}
+        )
+        assert (await conn.recv()).type == "session.updated"
+        # Hostile events first: each an error event, the session still usable after.
+        await conn.send({"type": "input_audio_buffer.append", "audio": "%%%"})  # type: ignore[arg-type]
+        assert (await conn.recv()).type == "error"
+        await conn.send({"type": "no.such.event"})  # type: ignore[arg-type]
+        assert (await conn.recv()).type == "error"
+        for audio in turns:
+            await send_turn(conn, audio)
+            events = await until(conn, COMPLETED)
+            committed = events[0]
+            assert committed.type == "input_audio_buffer.committed"
+            done = events[-1]
+            assert done.item_id == committed.item_id
+            deltas = [e.delta for e in events if e.type.endswith("transcription.delta")]
+            assert "".join(deltas) == done.transcript
+            assert done.usage.type == "tokens" and done.usage.input_tokens > 0
+            transcripts.append(done.transcript)
+    for audio, transcript in zip(turns, transcripts, strict=True):
+        rest = await rt_client.audio.transcriptions.create(
+            model=MODEL, file=("turn.wav", encode(audio, rate=24000))
+        )
+        assert transcript == rest.text
+
+
+@pytest.mark.asyncio
+async def test_conversation_session(rt_client, speech) -> None:
+    async with rt_client.realtime.connect(model=MODEL) as conn:
+        created = await conn.recv()
+        assert created.type == "session.created" and created.session.type == "realtime"
+        await conn.session.update(
+            session={"type": "realtime", "output_modalities": ["text"], "max_output_tokens": 16}
+        )
+        assert (await conn.recv()).type == "session.updated"
+        await send_turn(conn, at_24k(speech, 5.0))
+        await until(conn, "conversation.item.done")
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "What is said?"}],
+            }
+        )
+        await until(conn, "conversation.item.done")
+        await conn.response.create()
+        events = await until(conn, "response.done")
+        done = events[-1].response
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert done.status in ("completed", "incomplete")
+        assert done.output[0].content[0].text == text
+        assert done.usage.input_token_details.audio_tokens > 0
+        assert 0 < done.usage.output_tokens <= 16
+        await conn.response.create(response={"output_modalities": ["audio"]})
+        error = await conn.recv()
+        assert error.type == "error" and error.error.code == "unsupported_modality"
