@@ -252,6 +252,8 @@ async def test_session_limit_and_buffer_bound(one_session: InProcess, speech) ->
 async def test_dropped_socket_aborts_the_turn(api: InProcess, speech) -> None:
     from tests.support.http_helpers import until
 
+    series = 'af3_client_disconnects_total{endpoint="realtime"}'
+    before = metric(await metrics_page(api.client), series)
     api.engine.paused = True
     async with realtime_socket(api.app, TRANSCRIPTION) as ws:
         await ws.recv()
@@ -259,12 +261,22 @@ async def test_dropped_socket_aborts_the_turn(api: InProcess, speech) -> None:
         await until(lambda: len(api.engine.started) == 1)
         await ws.disconnect()
     assert api.engine.aborted == api.engine.started
+    # A response in flight, the same.
+    async with realtime_socket(api.app, f"model={MODEL}") as ws:
+        await ws.recv()
+        await send_turn(ws, at_24k(speech, 1.0))
+        await ws.recv_until("conversation.item.done")
+        await ws.send({"type": "response.create"})
+        await until(lambda: len(api.engine.started) == 2)
+        await ws.disconnect()
+    assert api.engine.aborted == api.engine.started
     assert api.app.state.runtime.admission.pending == 0
     assert api.app.state.realtime_sessions == 0
+    assert metric(await metrics_page(api.client), series) == before + 2
 
 
 async def conversation(ws: AsgiWebSocket, model: str = MODEL) -> None:
-    created = await ws.recv()
+    created = checked([await ws.recv()])[0]
     assert created["session"]["type"] == "realtime" and created["session"]["model"] == model
 
 
