@@ -5,9 +5,14 @@ what it heard; hostile events leave it usable. The event shapes and orders are c
 in-process in tests/http/test_realtime.py."""
 
 import base64
+import json
+import time
 
+import httpx
 import openai
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.support.audio_files import at_24k, encode, pcm16
 from tests.support.server import API_KEY
@@ -106,3 +111,55 @@ async def test_conversation_session(rt_client, speech) -> None:
         await conn.response.create(response={"output_modalities": ["audio"]})
         error = await conn.recv()
         assert error.type == "error" and error.error.code == "unsupported_modality"
+
+
+def metric(server, name: str) -> float:  # noqa: ANN001
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def wait_for(predicate, timeout: float = 60.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def finished(server) -> float:  # noqa: ANN001
+    """Engine requests run to their end (stop or length); aborted ones are not counted."""
+    done = 'vllm:request_success_total{engine="0",finished_reason="'
+    return metric(server, done + 'stop"') + metric(server, done + 'length"')
+
+
+@pytest.mark.asyncio
+async def test_browser_key_refusals_and_a_dropped_socket(server, speech) -> None:
+    """The key as the browser's subprotocol; no key: an error event, then 1008; a socket
+    dropped while AF3 answers aborts the engine request."""
+    url = server.url.replace("http", "ws", 1) + "/v1/realtime?model=" + MODEL
+    async with connect(url) as ws:
+        error = json.loads(await ws.recv())
+        assert error["type"] == "error" and error["error"]["code"] == "invalid_api_key"
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd.code == 1008
+    protocols = ["realtime", f"openai-insecure-api-key.{API_KEY}"]
+    finished_before = finished(server)
+    async with connect(url, subprotocols=protocols) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "realtime"
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        data = base64.b64encode(pcm16(at_24k(speech, 20.0))).decode()
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": data}))
+        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        await ws.send(json.dumps({"type": "response.create"}))
+        while json.loads(await ws.recv())["type"] != "response.output_text.delta":
+            pass
+    assert wait_for(lambda: metric(server, "vllm:num_requests_running") == 0)
+    assert wait_for(lambda: metric(server, "af3_requests_in_flight") == 0)
+    assert finished(server) == finished_before  # aborted, not run to its end
+    assert metric(server, "af3_realtime_sessions_open") == 0

@@ -26,6 +26,8 @@ from tests.support.ws_asgi import AsgiWebSocket, realtime_socket
 api = server_fixture()
 SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
 TRANSCRIPTION = "intent=transcription"
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+FAILED = "conversation.item.input_audio_transcription.failed"
 
 
 def append(audio: np.ndarray, chunk_s: float = 0.5, rate: int = 24000) -> list[dict]:
@@ -65,9 +67,7 @@ async def test_transcription_turn_equals_rest(api: InProcess, speech) -> None:
         assert created["type"] == "session.created"
         assert created["session"]["type"] == "transcription"
         await send_turn(ws, audio)
-        events = checked(
-            await ws.recv_until("conversation.item.input_audio_transcription.completed")
-        )
+        events = checked(await ws.recv_until(COMPLETED))
     assert types(events)[:3] == [
         "input_audio_buffer.committed",
         "conversation.item.added",
@@ -108,7 +108,7 @@ async def test_long_turn_is_transcribed_in_30s_pieces(api: InProcess, speech) ->
         for event in append(audio, chunk_s=5.0, rate=16000):
             await ws.send(event)
         await ws.send({"type": "input_audio_buffer.commit"})
-        events = await ws.recv_until("conversation.item.input_audio_transcription.completed")
+        events = await ws.recv_until(COMPLETED)
     done = checked(events)[-1]
     assert done["transcript"] == "Window 0 says hello. Window 1 says hello. Window 2 says hello."
     assert len(api.engine.started) == 3
@@ -133,9 +133,7 @@ async def test_g711_input(api: InProcess, speech) -> None:
             {"type": "input_audio_buffer.append", "audio": base64.b64encode(ulaw).decode()}
         )
         await ws.send({"type": "input_audio_buffer.commit"})
-        events = checked(
-            await ws.recv_until("conversation.item.input_audio_transcription.completed")
-        )
+        events = checked(await ws.recv_until(COMPLETED))
     assert events[-1]["transcript"]
     decoded = np.frombuffer(audioop.ulaw2lin(ulaw, 2), "<i2").astype(np.float32) / 32768
     rest = await api.client.post(
@@ -197,9 +195,7 @@ async def test_bad_events_leave_the_session_usable(api: InProcess, speech) -> No
             assert error["type"] == "error" and error["error"]["code"] == code, (text[:80], error)
             assert "Traceback" not in error["error"]["message"]
         await send_turn(ws, at_24k(speech, 1.0))
-        events = checked(
-            await ws.recv_until("conversation.item.input_audio_transcription.completed")
-        )
+        events = checked(await ws.recv_until(COMPLETED))
     assert events[-1]["transcript"]
 
 
@@ -238,7 +234,7 @@ async def test_session_limit_and_buffer_bound(one_session: InProcess, speech) ->
         error = checked([await ws.recv()])[0]
         assert error["error"]["code"] == "input_audio_buffer_full"
         await ws.send({"type": "input_audio_buffer.commit"})
-        events = await ws.recv_until("conversation.item.input_audio_transcription.completed")
+        events = await ws.recv_until(COMPLETED)
         page = await metrics_page(one_session.client)
     assert events[-1]["type"].endswith("completed")
     assert metric(page, "af3_realtime_sessions_open") == 1
@@ -360,4 +356,29 @@ async def test_cancel_think_and_audio_output(api: InProcess, speech) -> None:
         assert api.engine.aborted == api.engine.started
         assert api.engine.lora[api.engine.started[0]] is not None  # the thinking adapter
         api.engine.paused = False
+    assert api.app.state.runtime.admission.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_session_update_to_transcription_and_a_failed_turn(api: InProcess, speech) -> None:
+    """A conversation session turned into a transcription session by `session.update`; a
+    turn the engine cannot finish gets `...transcription.failed` with OpenAI's error."""
+    from tests.support.http_helpers import until
+
+    async with realtime_socket(api.app) as ws:
+        await conversation(ws)
+        await ws.send({"type": "session.update", "session": {"type": "transcription"}})
+        updated = checked([await ws.recv()])[0]
+        assert updated["session"]["type"] == "transcription"
+        assert updated["session"]["audio"]["input"]["transcription"]["model"] == MODEL
+        await send_turn(ws, at_24k(speech, 1.0))
+        assert (await ws.recv_until(COMPLETED))[-1]["transcript"]
+        api.engine.paused = True
+        await send_turn(ws, at_24k(speech, 1.0))
+        await until(lambda: len(api.engine.started) == 2)
+        api.engine.kill()
+        events = checked(await ws.recv_until(FAILED))
+    failed = events[-1]
+    assert failed["item_id"] == events[0]["item_id"]
+    assert failed["error"]["code"] == "engine_dead"
     assert api.app.state.runtime.admission.pending == 0
