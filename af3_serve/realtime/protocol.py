@@ -155,6 +155,18 @@ class BufferEvent(ServerEvent):
     previous_item_id: str | None = None
 
 
+class SpeechStarted(ServerEvent):
+    type: Literal["input_audio_buffer.speech_started"] = "input_audio_buffer.speech_started"
+    audio_start_ms: int
+    item_id: str  # the item the turn will be committed as
+
+
+class SpeechStopped(ServerEvent):
+    type: Literal["input_audio_buffer.speech_stopped"] = "input_audio_buffer.speech_stopped"
+    audio_end_ms: int
+    item_id: str
+
+
 class ItemContent(BaseModel):
     type: Literal["input_audio", "input_text", "output_text"]
     text: str | None = None

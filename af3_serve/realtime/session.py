@@ -7,9 +7,8 @@ import asyncio
 import base64
 import contextlib
 import json
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import WebSocket
@@ -53,15 +52,18 @@ from af3_serve.realtime.protocol import (
     ServerEvent,
     SessionEvent,
     SessionUpdate,
+    SpeechStarted,
+    SpeechStopped,
     TextDelta,
     TextDone,
     Transcription,
     TranscriptionCompleted,
     TranscriptionDelta,
     TranscriptionFailed,
+    TurnDetection,
     new_id,
 )
-from af3_serve.realtime.turns import TurnDetector, turn_detector
+from af3_serve.realtime.turns import SpeechBoundary, TurnDetector, turn_detector
 from af3_serve.runtime import Runtime
 from af3_serve.serving import ServedRequest, engine_dead_error
 from af3_serve.speech.protocol import LANGUAGES, TranscriptionTextDone
@@ -106,6 +108,7 @@ class Settings:
     instructions: str | None = None
     max_output_tokens: int | str = "inf"
     transcription: Transcription | None = None
+    turn_detection: TurnDetection | None = None  # None: the client commits
     detector: TurnDetector | None = None
 
 
@@ -115,7 +118,6 @@ class Counts:
     responses: int = 0
     errors: int = 0
     audio_seconds: float = 0.0
-    started: float = field(default_factory=time.monotonic)
 
 
 class RealtimeSession:
@@ -140,6 +142,7 @@ class RealtimeSession:
         self.buffer = AudioBuffer(max_seconds)
         self.items: list[ConversationItem] = []
         self.last_item_id: str | None = None
+        self.next_item_id: str | None = None  # named when a detector hears speech start
         self.tasks: set[asyncio.Task] = set()
         self.response: tuple[str, asyncio.Task] | None = None
         self.counts = Counts()
@@ -166,7 +169,7 @@ class RealtimeSession:
         audio_input = {
             "format": self.buffer.format.describe(),
             "transcription": s.transcription.model_dump() if s.transcription else None,
-            "turn_detection": None,
+            "turn_detection": s.turn_detection.model_dump() if s.turn_detection else None,
         }
         if s.type == "transcription":
             return {
@@ -250,7 +253,7 @@ class RealtimeSession:
         audio_input = new.audio.input if new.audio else None
         fmt = self.buffer.format
         transcription = s.transcription
-        detector = s.detector
+        detection, detector = s.turn_detection, s.detector
         if audio_input is not None:
             if audio_input.format is not None:
                 fmt = InputFormat.of(audio_input.format)
@@ -265,16 +268,12 @@ class RealtimeSession:
                 if transcription is not None:
                     self._check_transcription(transcription)
             if "turn_detection" in audio_input.model_fields_set:
-                detector = turn_detector(audio_input.turn_detection)
+                detection = audio_input.turn_detection
+                detector = turn_detector(detection)
         if kind == "transcription" and transcription is None:
             transcription = Transcription(model=self.runtime.models.base)
-        s.type, s.model, s.think, s.transcription, s.detector = (
-            kind,
-            model,
-            think,
-            transcription,
-            detector,
-        )
+        s.type, s.model, s.think, s.transcription = kind, model, think, transcription
+        s.turn_detection, s.detector = detection, detector
         self.buffer.format = fmt
         if new.instructions is not None:
             s.instructions = new.instructions
@@ -298,6 +297,31 @@ class RealtimeSession:
     async def append(self, event: AudioAppend) -> None:
         data = decode_base64(event.audio, "audio")
         self.buffer.append(data)
+        if (detector := self.settings.detector) is not None:
+            fmt = self.buffer.format
+            for boundary in detector.feed(fmt.pcm16(data), fmt.rate):
+                await self._boundary(boundary)
+
+    async def _boundary(self, boundary: SpeechBoundary) -> None:
+        """What a turn detector heard: speech started (the turn's item is named), or
+        stopped (the turn is committed, and answered when the detection says so)."""
+        if boundary.kind == "started":
+            self.next_item_id = new_id("item")
+            await self.send(
+                SpeechStarted(audio_start_ms=boundary.audio_ms, item_id=self.next_item_id)
+            )
+            return
+        item_id = self.next_item_id or new_id("item")
+        self.next_item_id = item_id
+        await self.send(SpeechStopped(audio_end_ms=boundary.audio_ms, item_id=item_id))
+        await self.commit(ClientEvent(type="input_audio_buffer.commit"))
+        detection = self.settings.turn_detection
+        if (
+            self.settings.type == "realtime"
+            and detection
+            and detection.create_response is not False
+        ):
+            await self.create_response(ResponseCreate(type="response.create"))
 
     async def commit(self, event: ClientEvent) -> None:
         if self.buffer.seconds < MIN_COMMIT_SECONDS:
@@ -316,7 +340,8 @@ class RealtimeSession:
         self.counts.turns += 1
         self.counts.audio_seconds += seconds
         metrics.REALTIME_AUDIO_SECONDS.inc(seconds)
-        item = ConversationItem(new_id("item"), "user", [("audio", audio)])
+        item = ConversationItem(self.next_item_id or new_id("item"), "user", [("audio", audio)])
+        self.next_item_id = None
         previous = self.last_item_id
         await self.send(
             BufferEvent(
@@ -339,6 +364,7 @@ class RealtimeSession:
 
     async def clear(self, event: ClientEvent) -> None:
         self.buffer.clear()
+        self.next_item_id = None
         if self.settings.detector is not None:
             self.settings.detector.reset()
         await self.send(BufferEvent(type="input_audio_buffer.cleared"))

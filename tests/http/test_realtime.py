@@ -10,6 +10,9 @@ import pytest
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import TypeAdapter
 
+from af3_serve.realtime import session as session_module
+from af3_serve.realtime.protocol import TurnDetection
+from af3_serve.realtime.turns import SpeechBoundary
 from tests.support.audio_files import as_pcm16, at_24k, encode, make_clip, pcm16
 from tests.support.http_helpers import (
     MODEL,
@@ -382,3 +385,53 @@ async def test_session_update_to_transcription_and_a_failed_turn(api: InProcess,
     assert failed["item_id"] == events[0]["item_id"]
     assert failed["error"]["code"] == "engine_dead"
     assert api.app.state.runtime.admission.pending == 0
+
+
+class HalfSecondTurns:
+    """A stand-in voice detector: speech starts with the first audio and stops once 0.5 s
+    has been fed; what the session does with a detector's reports is what is tested."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def feed(self, pcm16: bytes, rate: int) -> list[SpeechBoundary]:
+        start = self.samples
+        self.samples += len(pcm16) // 2
+        found = []
+        if start == 0:
+            found.append(SpeechBoundary("started", 0))
+        if start < rate // 2 <= self.samples:
+            found.append(SpeechBoundary("stopped", 500))
+        return found
+
+    def reset(self) -> None:
+        self.samples = 0
+
+
+@pytest.mark.asyncio
+async def test_a_turn_detector_plugs_in(api: InProcess, speech, monkeypatch) -> None:
+    def detector(config: TurnDetection | None) -> HalfSecondTurns | None:
+        return None if config is None else HalfSecondTurns()
+
+    monkeypatch.setattr(session_module, "turn_detector", detector)
+    async with realtime_socket(api.app, f"model={MODEL}") as ws:
+        await conversation(ws)
+        vad = {"type": "server_vad", "create_response": True}
+        session = {"type": "realtime", "max_output_tokens": 4}
+        session["audio"] = {"input": {"turn_detection": vad}}
+        await ws.send({"type": "session.update", "session": session})
+        updated = checked([await ws.recv()])[0]
+        assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        for event in append(at_24k(speech, 0.6), chunk_s=0.25):
+            await ws.send(event)
+        events = checked(await ws.recv_until("response.done"))
+    assert types(events)[:5] == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    item_id = events[0]["item_id"]
+    assert events[1]["item_id"] == events[2]["item_id"] == events[3]["item"]["id"] == item_id
+    assert events[-1]["response"]["status"] in ("completed", "incomplete")
