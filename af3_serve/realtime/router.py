@@ -50,9 +50,8 @@ async def realtime(websocket: WebSocket) -> None:
         query = websocket.query_params
         kind = "transcription" if query.get("intent") == "transcription" else "realtime"
         model = query.get("model") or runtime.models.base
-        think = runtime.models.is_think(model)
-        if kind == "transcription" and think:
-            model, think = runtime.models.base, False  # transcription uses the base model
+        if runtime.models.is_think(model) and kind == "transcription":
+            model = runtime.models.base  # transcription uses the base model, as on REST
         if runtime.engine_dead:
             raise APIError(503, "The engine is not running.", code="engine_dead")
     except APIError as exc:
@@ -72,7 +71,7 @@ async def realtime(websocket: WebSocket) -> None:
     state.realtime_sessions += 1
     metrics.REALTIME_SESSIONS.inc()
     metrics.REALTIME_SESSIONS_TOTAL.labels(kind).inc()
-    session = RealtimeSession(websocket, runtime, state.chat, kind, model, think)
+    session = RealtimeSession(websocket, runtime, state.chat, kind, model)
     close = "client"
     try:
         await session.open()

@@ -103,8 +103,7 @@ class ConversationItem:
 @dataclass
 class Settings:
     type: str  # "realtime" or "transcription"
-    model: str
-    think: bool = False
+    model: str  # a served model; `-think` answers in thinking mode, as on chat
     instructions: str | None = None
     max_output_tokens: int | str = "inf"
     transcription: Transcription | None = None
@@ -128,14 +127,13 @@ class RealtimeSession:
         chat: ChatSetup,
         kind: str,
         model: str,
-        think: bool,
     ) -> None:
         self.ws = websocket
         self.runtime = runtime
         self.chat = chat
         self.id = new_id("sess")
         transcription = Transcription(model=model) if kind == "transcription" else None
-        self.settings = Settings(kind, model, think, transcription=transcription)
+        self.settings = Settings(kind, model, transcription=transcription)
         max_seconds = min(
             runtime.config.max_realtime_buffer_seconds, runtime.inputs.max_audio_seconds
         )
@@ -244,9 +242,9 @@ class RealtimeSession:
         new = event.session
         s = self.settings
         kind = new.type or s.type
-        model, think = s.model, s.think
+        model = s.model
         if new.model is not None:
-            think = self.runtime.models.is_think(new.model)
+            self.runtime.models.is_think(new.model)  # refuses a model we do not serve
             model = new.model
         if new.output_modalities and "audio" in new.output_modalities:
             raise _audio_output_refused("session.output_modalities")
@@ -272,7 +270,7 @@ class RealtimeSession:
                 detector = turn_detector(detection)
         if kind == "transcription" and transcription is None:
             transcription = Transcription(model=self.runtime.models.base)
-        s.type, s.model, s.think, s.transcription = kind, model, think, transcription
+        s.type, s.model, s.transcription = kind, model, transcription
         s.turn_detection, s.detector = detection, detector
         self.buffer.format = fmt
         if new.instructions is not None:
