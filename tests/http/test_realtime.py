@@ -4,6 +4,7 @@ faults (keys, session limit, buffer bound, bad events, dropped sockets)."""
 
 import base64
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -63,7 +64,8 @@ async def send_turn(ws: AsgiWebSocket, audio: np.ndarray) -> None:
 
 
 @pytest.mark.asyncio
-async def test_transcription_turn_equals_rest(api: InProcess, speech) -> None:
+async def test_transcription_turn_equals_rest(api: InProcess, speech, caplog) -> None:
+    caplog.set_level(logging.INFO, "af3_serve.access")
     audio = at_24k(speech, 4.0)
     async with realtime_socket(api.app, TRANSCRIPTION) as ws:
         created = checked([await ws.recv()])[0]
@@ -91,6 +93,9 @@ async def test_transcription_turn_equals_rest(api: InProcess, speech) -> None:
     assert done["usage"] == rest.json()["usage"]
     prompts = list(api.engine.prompts.values())
     assert prompts[0] == prompts[1]  # same instruction, same audio tokens
+    # One access-log line for the session, with what it did.
+    lines = [r.getMessage() for r in caplog.records if "/v1/realtime" in r.getMessage()]
+    assert len(lines) == 1 and "type=transcription" in lines[0] and "turns=1" in lines[0]
 
 
 @pytest.mark.asyncio
