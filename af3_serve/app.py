@@ -72,6 +72,7 @@ def create_app(
     app.include_router(responses_router)
     app.include_router(realtime_router)
     app.state.realtime_sessions = 0
+    app.state.realtime_sessions_per_client = {}
     app.include_router(speech_router)
     app.include_router(tokenize_router)
     app.include_router(_service_routes(config))

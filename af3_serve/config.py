@@ -110,6 +110,9 @@ class ServerSettings:
     max_realtime_sessions: int = 64
     """/v1/realtime sessions open at once; a connection past it gets an error event and is
     closed."""
+    max_realtime_sessions_per_key: int = 16
+    """/v1/realtime sessions one API key (or client address, without keys) may hold open;
+    one past it gets an error event and is closed."""
     max_realtime_buffer_seconds: float = 600.0
     """Uncommitted audio one realtime session may hold (never more than --max-audio-seconds);
     an append past it gets an error event and is not taken."""

@@ -72,6 +72,7 @@ REJECT_REASONS = (
     "body_too_large",
     "body_read_timeout",
     "realtime_sessions",
+    "realtime_sessions_for_client",
 )
 DISCONNECT_ENDPOINTS = ("upload",) + tuple(
     endpoint + stage

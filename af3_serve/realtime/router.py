@@ -68,6 +68,19 @@ async def realtime(websocket: WebSocket) -> None:
         )
         await _refuse(websocket, error, TRY_AGAIN_LATER)
         return
+    client = websocket.state.client
+    per_client = state.realtime_sessions_per_client
+    if per_client.get(client, 0) >= runtime.config.max_realtime_sessions_per_key:
+        metrics.REJECTED.labels("realtime_sessions_for_client").inc()
+        error = APIError(
+            429,
+            f"This API key holds its most realtime sessions "
+            f"({runtime.config.max_realtime_sessions_per_key}); close one first.",
+            code="session_limit_reached",
+        )
+        await _refuse(websocket, error, TRY_AGAIN_LATER)
+        return
+    per_client[client] = per_client.get(client, 0) + 1
     state.realtime_sessions += 1
     metrics.REALTIME_SESSIONS.inc()
     metrics.REALTIME_SESSIONS_TOTAL.labels(kind).inc()
@@ -88,6 +101,9 @@ async def realtime(websocket: WebSocket) -> None:
     finally:
         await session.close()
         state.realtime_sessions -= 1
+        per_client[client] -= 1
+        if not per_client[client]:
+            del per_client[client]
         metrics.REALTIME_SESSIONS.dec()
         c = session.counts
         logger.info(

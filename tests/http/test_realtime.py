@@ -225,6 +225,24 @@ async def test_keys(api: InProcess) -> None:
 
 
 one_session = server_fixture("--max-realtime-sessions", "1", "--max-realtime-buffer-seconds", "2")
+one_per_key = server_fixture("--max-realtime-sessions-per-key", "1", "--api-key", "other-key")
+
+
+@pytest.mark.asyncio
+async def test_sessions_per_key(one_per_key: InProcess) -> None:
+    async with realtime_socket(one_per_key.app, TRANSCRIPTION) as ws:
+        assert (await ws.recv())["type"] == "session.created"
+        async with realtime_socket(one_per_key.app, TRANSCRIPTION) as second:
+            error = await second.recv()
+            assert error["error"]["code"] == "session_limit_reached"
+            assert "API key" in error["error"]["message"]
+        other = {"Authorization": "Bearer other-key"}
+        async with realtime_socket(one_per_key.app, TRANSCRIPTION, headers=other) as third:
+            assert (await third.recv())["type"] == "session.created"
+    # Closed sessions free their key's place.
+    async with realtime_socket(one_per_key.app, TRANSCRIPTION) as ws:
+        assert (await ws.recv())["type"] == "session.created"
+    assert one_per_key.app.state.realtime_sessions_per_client == {}
 
 
 @pytest.mark.asyncio
