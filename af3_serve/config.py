@@ -113,6 +113,9 @@ class ServerSettings:
     max_realtime_sessions_per_key: int = 16
     """/v1/realtime sessions one API key (or client address, without keys) may hold open;
     one past it gets an error event and is closed."""
+    realtime_idle_timeout_s: float = 600.0
+    """A /v1/realtime session that sends no event for this long, with no work in flight,
+    gets an error event and is closed."""
     max_realtime_buffer_seconds: float = 600.0
     """Uncommitted audio one realtime session may hold (never more than --max-audio-seconds);
     an append past it gets an error event and is not taken."""

@@ -2,6 +2,7 @@
 Authorization header, or the subprotocol browsers send), the session limit, then the
 session's events until the socket closes, with one access-log line per session."""
 
+import asyncio
 import logging
 import time
 
@@ -88,8 +89,21 @@ async def realtime(websocket: WebSocket) -> None:
     close = "client"
     try:
         await session.open()
+        idle_s = runtime.config.realtime_idle_timeout_s
         while True:
-            message = await websocket.receive()
+            try:
+                message = await asyncio.wait_for(websocket.receive(), idle_s)
+            except TimeoutError:
+                if session.tasks:
+                    continue  # the client waits for its answer: not idle
+                close = "idle"
+                error = APIError(
+                    400,
+                    f"The session was idle for {idle_s:g} s and is closed.",
+                    code="session_idle_timeout",
+                )
+                await _refuse(websocket, error, 1000)
+                break
             if message["type"] == "websocket.disconnect":
                 break
             await session.handle(message.get("text") or message.get("bytes") or b"")

@@ -225,6 +225,19 @@ async def test_keys(api: InProcess) -> None:
 
 
 one_session = server_fixture("--max-realtime-sessions", "1", "--max-realtime-buffer-seconds", "2")
+idle = server_fixture("--realtime-idle-timeout-s", "0.3")
+
+
+@pytest.mark.asyncio
+async def test_idle_session_is_closed(idle: InProcess) -> None:
+    async with realtime_socket(idle.app, TRANSCRIPTION) as ws:
+        assert (await ws.recv())["type"] == "session.created"
+        error = await ws.recv()
+        assert error["error"]["code"] == "session_idle_timeout"
+        assert (await ws.recv())["type"] == "closed"
+    assert idle.app.state.realtime_sessions == 0
+
+
 one_per_key = server_fixture("--max-realtime-sessions-per-key", "1", "--api-key", "other-key")
 
 
