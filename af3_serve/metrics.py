@@ -31,7 +31,6 @@ KNOWN_PATHS = frozenset(
         "/health",
         "/version",
         "/metrics",
-        "/v1/realtime",
     }
 )
 REJECTED = Counter("af3_requests_rejected_total", "Requests refused, by reason.", ["reason"])
@@ -74,19 +73,22 @@ REJECT_REASONS = (
     "realtime_sessions",
     "realtime_sessions_for_client",
 )
-DISCONNECT_ENDPOINTS = ("upload",) + tuple(
-    endpoint + stage
-    for endpoint in (
-        "chat",
-        "completions",
-        "responses",
-        "tokenize",
-        "transcriptions",
-        "translations",
-        "realtime",
+DISCONNECT_ENDPOINTS = (
+    ("upload",)
+    + tuple(
+        endpoint + stage
+        for endpoint in (
+            "chat",
+            "completions",
+            "responses",
+            "tokenize",
+            "transcriptions",
+            "translations",
+        )
+        for stage in ("_prepare", "", "_stream")
     )
-    for stage in ("_prepare", "", "_stream")
-)
+    + ("realtime",)
+)  # a realtime session's engine work, cut off by its socket
 
 
 def initialise_labels() -> None:
