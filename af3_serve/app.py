@@ -25,6 +25,7 @@ from af3_serve.edge.limits import BodyLimits
 from af3_serve.edge.request_log import RequestLog
 from af3_serve.model_cards import ModelList
 from af3_serve.model_files import ModelFiles
+from af3_serve.realtime.router import router as realtime_router
 from af3_serve.responses.router import router as responses_router
 from af3_serve.responses.store import ResponseStore
 from af3_serve.runtime import Runtime, get_runtime
@@ -71,6 +72,9 @@ def create_app(
     app.include_router(chat_router)
     app.include_router(completions_router)
     app.include_router(responses_router)
+    app.include_router(realtime_router)
+    app.state.realtime_sessions = 0
+    app.state.realtime_sessions_per_client = {}
     app.include_router(speech_router)
     app.include_router(tokenize_router)
     app.include_router(_service_routes(config))

@@ -121,6 +121,18 @@ class ServerSettings:
     """Memory for stored responses (/v1/responses with store, for previous_response_id), their
     audio included; the least recently used go first. In this process only: not kept over a
     restart nor shared between replicas."""
+    max_realtime_sessions: int = 64
+    """/v1/realtime sessions open at once; a connection past it gets an error event and is
+    closed."""
+    max_realtime_sessions_per_key: int = 16
+    """/v1/realtime sessions one API key (or client address, without keys) may hold open;
+    one past it gets an error event and is closed."""
+    realtime_idle_timeout_s: float = 600.0
+    """A /v1/realtime session that sends no event for this long, with no work in flight,
+    gets an error event and is closed."""
+    max_realtime_buffer_seconds: float = 600.0
+    """Uncommitted audio one realtime session may hold (never more than --max-audio-seconds);
+    an append past it gets an error event and is not taken."""
     engine_death_grace_s: float = 5.0
     """Seconds of /health 503 before exiting when the engine dies."""
     demo_page: bool = True

@@ -45,6 +45,21 @@ TIME_TO_FIRST_TOKEN = Histogram(
     "From request arrival to the first generated token, whether streamed or answered whole.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80),
 )
+REALTIME_SESSIONS = Gauge("af3_realtime_sessions_open", "Open /v1/realtime sessions.")
+REALTIME_SESSIONS_TOTAL = Counter(
+    "af3_realtime_sessions_total", "/v1/realtime sessions opened, by type.", ["type"]
+)
+REALTIME_TURNS = Counter(
+    "af3_realtime_turns_total",
+    "Realtime turns: committed audio transcribed and responses, by kind and outcome.",
+    ["kind", "outcome"],
+)
+REALTIME_AUDIO_SECONDS = Counter(
+    "af3_realtime_audio_seconds_total", "Seconds of audio committed in realtime sessions."
+)
+REALTIME_ERRORS = Counter(
+    "af3_realtime_error_events_total", "Error events sent to realtime clients, by code.", ["code"]
+)
 
 # Every label value the counters above take, so that each series exists at 0 from the start:
 # Grafana's panels and rate() alerts see 0 instead of "No data" before the first event.
@@ -55,19 +70,25 @@ REJECT_REASONS = (
     "engine_dead",
     "body_too_large",
     "body_read_timeout",
+    "realtime_sessions",
+    "realtime_sessions_for_client",
 )
-DISCONNECT_ENDPOINTS = ("upload",) + tuple(
-    endpoint + stage
-    for endpoint in (
-        "chat",
-        "completions",
-        "responses",
-        "tokenize",
-        "transcriptions",
-        "translations",
+DISCONNECT_ENDPOINTS = (
+    ("upload",)
+    + tuple(
+        endpoint + stage
+        for endpoint in (
+            "chat",
+            "completions",
+            "responses",
+            "tokenize",
+            "transcriptions",
+            "translations",
+        )
+        for stage in ("_prepare", "", "_stream")
     )
-    for stage in ("_prepare", "", "_stream")
-)
+    + ("realtime",)
+)  # a realtime session's engine work, cut off by its socket
 
 
 def initialise_labels() -> None:
@@ -75,3 +96,8 @@ def initialise_labels() -> None:
         REJECTED.labels(reason)
     for endpoint in DISCONNECT_ENDPOINTS:
         CLIENT_DISCONNECTS.labels(endpoint)
+    for kind in ("realtime", "transcription"):
+        REALTIME_SESSIONS_TOTAL.labels(kind)
+    for kind in ("transcription", "response"):
+        for outcome in ("completed", "failed", "cancelled"):
+            REALTIME_TURNS.labels(kind, outcome)

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Request, WebSocket
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 from vllm import SamplingParams
@@ -40,7 +40,7 @@ def engine_dead_error() -> APIError:
 class ServedRequest:
     """One API request that runs engine requests; `endpoint` labels its metrics."""
 
-    def __init__(self, runtime: Runtime, request: Request, endpoint: str) -> None:
+    def __init__(self, runtime: Runtime, request: Request | WebSocket, endpoint: str) -> None:
         self.runtime = runtime
         self.request = request
         self.endpoint = endpoint
@@ -104,6 +104,10 @@ class ServedRequest:
 
     async def _until_disconnect(self, work: Awaitable[T], endpoint: str) -> T:
         """Run `work`, cancelling it (and so aborting engine requests) if the client leaves."""
+        if self.request.scope["type"] == "websocket":
+            # A realtime session reads its own socket and cancels its turns' tasks when it
+            # drops; reading it here would steal the session's events.
+            return await work
         task = asyncio.ensure_future(work)
 
         async def disconnected() -> None:

@@ -134,9 +134,19 @@ class SpeechAnswer:
         return segments
 
     async def events(self) -> AsyncIterator[str]:
-        """Deltas go out in window order as soon as a window and those before it have them,
-        each window's wrapper phrasing removed on the fly (JSON payloads for
-        `ServedRequest.stream`)."""
+        """The stream's events as JSON payloads for `ServedRequest.stream`."""
+        # aclosing: a client that leaves stops the windows now, not when the GC runs.
+        async with contextlib.aclosing(self.pieces()) as pieces:
+            async for piece in pieces:
+                if isinstance(piece, str):
+                    yield TranscriptionTextDelta(delta=piece).model_dump_json()
+                else:
+                    yield piece.model_dump_json()
+
+    async def pieces(self) -> AsyncIterator[str | TranscriptionTextDone]:
+        """Text deltas in window order as soon as a window and those before it have them,
+        each window's wrapper phrasing removed on the fly, then the whole text with its usage
+        (also what a realtime session's turn sends)."""
         pieces: list[str] = []
         output_tokens = 0
         async with self._running() as queues:
@@ -156,11 +166,8 @@ class SpeechAnswer:
                     yield _delta(rest, window_start=not sent, after_previous=bool(pieces))
                 if window_text:
                     pieces.append(window_text)
-        done = TranscriptionTextDone(text=" ".join(pieces), usage=self.usage(output_tokens))
-        yield done.model_dump_json()
+        yield TranscriptionTextDone(text=" ".join(pieces), usage=self.usage(output_tokens))
 
 
 def _delta(text: str, window_start: bool, after_previous: bool) -> str:
-    if window_start and after_previous:
-        text = " " + text
-    return TranscriptionTextDelta(delta=text).model_dump_json()
+    return " " + text if window_start and after_previous else text

@@ -54,3 +54,32 @@ def transcription_windows(audio: np.ndarray) -> list[np.ndarray]:
 
     pcm = decode_pcm16(io.BytesIO(encode(audio)), AudioLimits(4 * 3600, 2**31), "file")
     return [w.audio(pcm) for w in speech_windows(pcm)]
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    """16-bit little-endian PCM, as a realtime client sends it."""
+    return (np.clip(audio, -1, 1 - 2**-15) * 32768).astype("<i2").tobytes()
+
+
+def as_pcm16(audio: np.ndarray) -> np.ndarray:
+    """`audio` rounded to 16-bit values, so that a WAV of it and its `pcm16` hold the same
+    samples (a realtime turn and the same audio uploaded decode alike)."""
+    return np.frombuffer(pcm16(audio), "<i2").astype(np.float32) / 32768
+
+
+# The speech sample's first seconds hold no speech: a clip that must be heard starts later.
+SPEECH_STARTS_S = 8.0
+
+
+def speaking(speech: np.ndarray, seconds: float) -> np.ndarray:
+    """`seconds` of the speech sample from where it speaks (a turn with no speech would be
+    transcribed without an engine request)."""
+    skip = int(SPEECH_STARTS_S * SAMPLE_RATE)
+    return make_clip(speech, seconds + SPEECH_STARTS_S)[skip : skip + int(seconds * SAMPLE_RATE)]
+
+
+def at_24k(speech: np.ndarray, seconds: float) -> np.ndarray:
+    """Speech at OpenAI's realtime rate, 24 kHz, in 16-bit values."""
+    import soxr
+
+    return as_pcm16(soxr.resample(speaking(speech, seconds), SAMPLE_RATE, 24000))

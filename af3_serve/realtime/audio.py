@@ -1,0 +1,141 @@
+"""A realtime session's input audio: base64 frames in the session's format, held as 16-bit
+PCM until a commit, then wrapped as a WAV file so the turn is decoded exactly as an uploaded
+file is (libsndfile's float32 of the PCM, soxr to 16 kHz): a committed turn's samples equal
+those of the same audio sent to /v1/audio/transcriptions."""
+
+import binascii
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import pybase64
+
+from af3_serve.edge.errors import APIError
+from af3_serve.realtime.protocol import AudioFormat
+
+# OpenAI's 100 ms: a shorter commit is refused as empty.
+MIN_COMMIT_SECONDS = 0.1
+
+
+def _g711_tables() -> tuple[np.ndarray, np.ndarray]:
+    """ITU-T G.711 mu-law and A-law bytes -> 16-bit PCM."""
+    codes = np.arange(256, dtype=np.int32)
+    u = ~codes & 0xFF
+    exponent, mantissa = (u >> 4) & 7, u & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    ulaw = np.where(u & 0x80, -magnitude, magnitude)
+    a = codes ^ 0x55
+    exponent, mantissa = (a >> 4) & 7, a & 0x0F
+    magnitude = np.where(
+        exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << (exponent - 1)
+    )
+    alaw = np.where(a & 0x80, magnitude, -magnitude)
+    return ulaw.astype(np.int16), alaw.astype(np.int16)
+
+
+_ULAW, _ALAW = _g711_tables()
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """How the client's bytes are read: 16-bit little-endian PCM at `rate`, or G.711 at
+    8 kHz, one byte a sample."""
+
+    type: str = "audio/pcm"
+    rate: int = 24000
+
+    @classmethod
+    def of(cls, fmt: AudioFormat) -> "InputFormat":
+        if fmt.type == "audio/pcm":
+            return cls("audio/pcm", fmt.rate or 24000)
+        return cls(fmt.type, 8000)
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self.rate * (2 if self.type == "audio/pcm" else 1)
+
+    def pcm16(self, data: bytes) -> bytes:
+        if self.type == "audio/pcmu":
+            return _ULAW[np.frombuffer(data, np.uint8)].tobytes()
+        if self.type == "audio/pcma":
+            return _ALAW[np.frombuffer(data, np.uint8)].tobytes()
+        return data
+
+    def describe(self) -> dict[str, object]:
+        if self.type == "audio/pcm":
+            return {"type": self.type, "rate": self.rate}
+        return {"type": self.type}
+
+
+def decode_base64(data: str, param: str) -> bytes:
+    try:
+        return pybase64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(
+            400, "The audio is not valid base64.", param=param, code="invalid_audio"
+        ) from exc
+
+
+def wav(pcm16: bytes, rate: int) -> bytes:
+    """A mono 16-bit PCM WAV file around `pcm16`."""
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(pcm16),
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,  # PCM
+        1,  # mono
+        rate,
+        rate * 2,
+        2,
+        16,
+        b"data",
+        len(pcm16),
+    )
+    return header + pcm16
+
+
+class AudioBuffer:
+    """The uncommitted audio, in the session's format, bounded by `max_seconds`."""
+
+    def __init__(self, max_seconds: float) -> None:
+        self.max_seconds = max_seconds
+        self.format = InputFormat()
+        self._chunks: list[bytes] = []
+        self.size = 0
+
+    @property
+    def seconds(self) -> float:
+        return self.size / self.format.bytes_per_second
+
+    def append(self, data: bytes) -> None:
+        """Takes `data` whole, or refuses it whole when the buffer would pass its bound."""
+        if self.format.type == "audio/pcm" and len(data) % 2:
+            raise APIError(
+                400,
+                "16-bit PCM audio must be a whole number of samples (an even byte count).",
+                param="audio",
+                code="invalid_audio",
+            )
+        if (self.size + len(data)) / self.format.bytes_per_second > self.max_seconds:
+            raise APIError(
+                400,
+                f"The input audio buffer holds at most {self.max_seconds:g} s; commit or "
+                "clear it before appending more.",
+                param="audio",
+                code="input_audio_buffer_full",
+            )
+        self._chunks.append(data)
+        self.size += len(data)
+
+    def take(self) -> bytes:
+        """The buffered audio as a WAV file; the buffer is left empty."""
+        data = self.format.pcm16(b"".join(self._chunks))
+        self.clear()
+        return wav(data, self.format.rate)
+
+    def clear(self) -> None:
+        self._chunks = []
+        self.size = 0

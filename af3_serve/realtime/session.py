@@ -1,0 +1,665 @@
+"""One /v1/realtime session: its settings, input audio buffer and conversation, and the
+engine work of its turns. Each client event is handled in order; a committed turn's
+transcription and a response run as tasks beside the socket, along `serving.py`'s path
+(admission, the engine, abort), so a socket that drops cancels them at once."""
+
+import asyncio
+import base64
+import contextlib
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import WebSocket
+from pydantic import BaseModel, ValidationError
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from af3_model_executor.constants import SAMPLE_RATE
+from af3_serve import metrics
+from af3_serve.admission import Ticket
+from af3_serve.chat.protocol import ChatCompletionChunk, ChatCompletionRequest
+from af3_serve.chat.serving import prepare_chat
+from af3_serve.chat.setup import ChatSetup
+from af3_serve.edge.errors import APIError
+from af3_serve.realtime.audio import (
+    MIN_COMMIT_SECONDS,
+    AudioBuffer,
+    InputFormat,
+    decode_base64,
+    wav,
+)
+from af3_serve.realtime.protocol import (
+    AudioAppend,
+    BufferEvent,
+    ClientEvent,
+    ContentPart,
+    ContentPartEvent,
+    ErrorEvent,
+    Item,
+    ItemContent,
+    ItemCreate,
+    ItemEvent,
+    OutputItemEvent,
+    Part,
+    Response,
+    ResponseCancel,
+    ResponseCreate,
+    ResponseEvent,
+    ResponseUsage,
+    ServerEvent,
+    SessionEvent,
+    SessionUpdate,
+    SpeechStarted,
+    SpeechStopped,
+    TextDelta,
+    TextDone,
+    Transcription,
+    TranscriptionCompleted,
+    TranscriptionDelta,
+    TranscriptionFailed,
+    TurnDetection,
+    new_id,
+)
+from af3_serve.realtime.turns import SpeechBoundary, TurnDetector, turn_detector
+from af3_serve.runtime import Runtime
+from af3_serve.serving import ServedRequest, engine_dead_error
+from af3_serve.speech.protocol import LANGUAGES, TranscriptionTextDone
+from af3_serve.speech.segmentation import Window, plan_windows
+from af3_serve.speech.serving import MAX_TOKENS_PER_WINDOW, SpeechAnswer, instruction
+
+# Larger client events are refused with an error event (below uvicorn's 16 MiB frame cap,
+# which would close the socket instead): 8 MiB of base64 is ~2 min of 24-kHz PCM.
+MAX_EVENT_BYTES = 8 * 2**20
+ENDPOINT = "realtime"  # the metrics' label of realtime engine work
+
+
+def _invalid(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+@dataclass
+class ConversationItem:
+    """One item of a conversation session: text and audio (a WAV file) in order."""
+
+    id: str
+    role: str
+    parts: list[tuple[str, str | bytes]]  # ("text", str) or ("audio", wav bytes)
+    transcript: str | None = None
+
+    def shown(self) -> Item:
+        content = [
+            ItemContent(type="input_audio", transcript=self.transcript)
+            if kind == "audio"
+            else ItemContent(
+                type="output_text" if self.role == "assistant" else "input_text", text=value
+            )
+            for kind, value in self.parts
+        ]
+        return Item(id=self.id, role=self.role, content=content)  # type: ignore[arg-type]
+
+
+@dataclass
+class Settings:
+    type: str  # "realtime" or "transcription"
+    model: str  # a served model; `-think` answers in thinking mode, as on chat
+    instructions: str | None = None
+    max_output_tokens: int | str = "inf"
+    transcription: Transcription | None = None
+    turn_detection: TurnDetection | None = None  # None: the client commits
+    detector: TurnDetector | None = None
+
+
+@dataclass
+class Counts:
+    turns: int = 0
+    responses: int = 0
+    errors: int = 0
+    audio_seconds: float = 0.0
+
+
+class RealtimeSession:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        runtime: Runtime,
+        chat: ChatSetup,
+        kind: str,
+        model: str,
+    ) -> None:
+        self.ws = websocket
+        self.runtime = runtime
+        self.chat = chat
+        self.id = new_id("sess")
+        transcription = Transcription(model=model) if kind == "transcription" else None
+        self.settings = Settings(kind, model, transcription=transcription)
+        max_seconds = min(
+            runtime.config.max_realtime_buffer_seconds, runtime.inputs.max_audio_seconds
+        )
+        self.buffer = AudioBuffer(max_seconds)
+        self.items: list[ConversationItem] = []
+        self.last_item_id: str | None = None
+        self.next_item_id: str | None = None  # named when a detector hears speech start
+        self.tasks: set[asyncio.Task] = set()
+        self.response: tuple[str, asyncio.Task] | None = None
+        self.counts = Counts()
+        self.closed = False
+        self._send_lock = asyncio.Lock()
+
+    # Sending --------------------------------------------------------------------------
+
+    async def send(self, event: ServerEvent) -> None:
+        if self.closed:
+            return
+        if isinstance(event, ErrorEvent):
+            self.counts.errors += 1
+            metrics.REALTIME_ERRORS.labels(event.error.code or "error").inc()
+        async with self._send_lock:
+            with contextlib.suppress(Exception):  # a socket gone mid-send: the reader sees it
+                await self.ws.send_text(event.model_dump_json())
+
+    async def error(self, exc: APIError, event_id: str | None = None) -> None:
+        await self.send(ErrorEvent.of(exc, event_id))
+
+    def describe(self) -> dict[str, Any]:
+        s = self.settings
+        audio_input = {
+            "format": self.buffer.format.describe(),
+            "transcription": s.transcription.model_dump() if s.transcription else None,
+            "turn_detection": s.turn_detection.model_dump() if s.turn_detection else None,
+        }
+        if s.type == "transcription":
+            return {
+                "type": "transcription",
+                "id": self.id,
+                "object": "realtime.transcription_session",
+                "audio": {"input": audio_input},
+            }
+        return {
+            "type": "realtime",
+            "id": self.id,
+            "object": "realtime.session",
+            "model": s.model,
+            "output_modalities": ["text"],
+            "instructions": s.instructions,
+            "max_output_tokens": s.max_output_tokens,
+            "audio": {"input": audio_input},
+        }
+
+    async def open(self) -> None:
+        await self.send(SessionEvent(type="session.created", session=self.describe()))
+
+    # Client events ------------------------------------------------------------------
+
+    async def handle(self, raw: str | bytes) -> None:
+        """One client event; anything wrong with it is an error event, never the end."""
+        if len(raw) > MAX_EVENT_BYTES:
+            await self.error(
+                _invalid(
+                    f"The event is {len(raw)} bytes; events may be at most {MAX_EVENT_BYTES}.",
+                    code="event_too_large",
+                )
+            )
+            return
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            await self.error(_invalid("The event is not valid JSON.", code="invalid_json"))
+            return
+        event_id = data.get("event_id") if isinstance(data, dict) else None
+        event_id = event_id if isinstance(event_id, str) else None
+        try:
+            event = ClientEvent.model_validate(data)
+            handler = self._handlers().get(event.type)
+            if handler is None:
+                raise _invalid(f"Unknown or unsupported event type '{event.type}'.", param="type")
+            model, method = handler
+            await method(model.model_validate(data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            await self.error(
+                _invalid(f"Invalid event: {first['msg']}.", param=param, code="invalid_event"),
+                event_id,
+            )
+        except APIError as exc:
+            await self.error(exc, event_id)
+
+    def _handlers(self) -> dict[str, tuple[type[BaseModel], Callable[[Any], Any]]]:
+        return {
+            "session.update": (SessionUpdate, self.update),
+            "input_audio_buffer.append": (AudioAppend, self.append),
+            "input_audio_buffer.commit": (ClientEvent, self.commit),
+            "input_audio_buffer.clear": (ClientEvent, self.clear),
+            "conversation.item.create": (ItemCreate, self.create_item),
+            "response.create": (ResponseCreate, self.create_response),
+            "response.cancel": (ResponseCancel, self.cancel_response),
+        }
+
+    async def update(self, event: SessionUpdate) -> None:
+        """Checks every field first: a refused update changes nothing."""
+        new = event.session
+        s = self.settings
+        kind = new.type or s.type
+        model = s.model
+        if new.model is not None:
+            self.runtime.models.is_think(new.model)  # refuses a model we do not serve
+            model = new.model
+        if new.output_modalities and "audio" in new.output_modalities:
+            raise _audio_output_refused("session.output_modalities")
+        audio_input = new.audio.input if new.audio else None
+        fmt = self.buffer.format
+        transcription = s.transcription
+        detection, detector = s.turn_detection, s.detector
+        if audio_input is not None:
+            if audio_input.format is not None:
+                fmt = InputFormat.of(audio_input.format)
+                if fmt != self.buffer.format and self.buffer.size:
+                    raise _invalid(
+                        "The input audio format cannot change while the buffer holds audio; "
+                        "commit or clear it first.",
+                        param="session.audio.input.format",
+                    )
+            if "transcription" in audio_input.model_fields_set:
+                transcription = audio_input.transcription
+                if transcription is not None:
+                    self._check_transcription(transcription)
+            if "turn_detection" in audio_input.model_fields_set:
+                detection = audio_input.turn_detection
+                detector = turn_detector(detection)
+        if kind == "transcription" and transcription is None:
+            transcription = Transcription(model=self.runtime.models.base)
+        s.type, s.model, s.transcription = kind, model, transcription
+        s.turn_detection, s.detector = detection, detector
+        self.buffer.format = fmt
+        if new.instructions is not None:
+            s.instructions = new.instructions
+        if new.max_output_tokens is not None:
+            s.max_output_tokens = new.max_output_tokens
+        await self.send(SessionEvent(type="session.updated", session=self.describe()))
+
+    def _check_transcription(self, t: Transcription) -> None:
+        param = "session.audio.input.transcription"
+        if t.model is not None and self.runtime.models.is_think(t.model):
+            raise _invalid(
+                "Transcription uses the base model, not the thinking model.",
+                param=param + ".model",
+            )
+        if t.language and t.language not in LANGUAGES:
+            raise _invalid(
+                f"Unsupported language '{t.language}'; use an ISO-639-1 code such as 'en'.",
+                param=param + ".language",
+            )
+
+    async def append(self, event: AudioAppend) -> None:
+        data = decode_base64(event.audio, "audio")
+        self.buffer.append(data)
+        if (detector := self.settings.detector) is not None:
+            fmt = self.buffer.format
+            for boundary in detector.feed(fmt.pcm16(data), fmt.rate):
+                await self._boundary(boundary)
+
+    async def _boundary(self, boundary: SpeechBoundary) -> None:
+        """What a turn detector heard: speech started (the turn's item is named), or
+        stopped (the turn is committed, and answered when the detection says so)."""
+        if boundary.kind == "started":
+            self.next_item_id = new_id("item")
+            await self.send(
+                SpeechStarted(audio_start_ms=boundary.audio_ms, item_id=self.next_item_id)
+            )
+            return
+        item_id = self.next_item_id or new_id("item")
+        self.next_item_id = item_id
+        await self.send(SpeechStopped(audio_end_ms=boundary.audio_ms, item_id=item_id))
+        await self.commit(ClientEvent(type="input_audio_buffer.commit"))
+        detection = self.settings.turn_detection
+        if (
+            self.settings.type == "realtime"
+            and detection
+            and detection.create_response is not False
+        ):
+            await self.create_response(ResponseCreate(type="response.create"))
+
+    async def commit(self, event: ClientEvent) -> None:
+        if self.buffer.seconds < MIN_COMMIT_SECONDS:
+            raise _invalid(
+                f"Error committing input audio buffer: buffer too small. Expected at least "
+                f"{MIN_COMMIT_SECONDS * 1000:.0f}ms of audio, but buffer only has "
+                f"{self.buffer.seconds * 1000:.2f}ms of audio.",
+                code="input_audio_buffer_commit_empty",
+            )
+        if self.settings.type == "realtime":
+            self._check_audio_room()
+        seconds = self.buffer.seconds
+        audio = self.buffer.take()
+        if self.settings.detector is not None:
+            self.settings.detector.reset()
+        self.counts.turns += 1
+        self.counts.audio_seconds += seconds
+        metrics.REALTIME_AUDIO_SECONDS.inc(seconds)
+        item = ConversationItem(self.next_item_id or new_id("item"), "user", [("audio", audio)])
+        self.next_item_id = None
+        previous = self.last_item_id
+        await self.send(
+            BufferEvent(
+                type="input_audio_buffer.committed", item_id=item.id, previous_item_id=previous
+            )
+        )
+        await self._add_item(item, previous)
+        if self.settings.transcription is not None:
+            self._spawn(self._transcribe(item, audio))
+
+    def _check_audio_room(self) -> None:
+        audios = sum(kind == "audio" for i in self.items for kind, _ in i.parts)
+        limit = self.runtime.config.max_audios_per_request
+        if audios >= limit:
+            raise _invalid(
+                f"This conversation holds {audios} audio turns, the most one response can "
+                f"take (--max-audios-per-request); start a new session.",
+                code="too_many_audios",
+            )
+
+    async def clear(self, event: ClientEvent) -> None:
+        self.buffer.clear()
+        self.next_item_id = None
+        if self.settings.detector is not None:
+            self.settings.detector.reset()
+        await self.send(BufferEvent(type="input_audio_buffer.cleared"))
+
+    async def create_item(self, event: ItemCreate) -> None:
+        if self.settings.type != "realtime":
+            raise _invalid(
+                "conversation.item.create needs a conversation session (session.type "
+                "'realtime'); transcription sessions take audio only.",
+                param="type",
+            )
+        parts: list[tuple[str, str | bytes]] = []
+        for i, part in enumerate(event.item.content):
+            param = f"item.content[{i}]"
+            if part.type == "input_audio":
+                parts.append(("audio", self._item_audio(part, param)))
+            elif part.text is None:
+                raise _invalid("A text part needs its text.", param=param + ".text")
+            else:
+                parts.append(("text", part.text))
+        if any(kind == "audio" for kind, _ in parts):
+            self._check_audio_room()
+        item = ConversationItem(event.item.id or new_id("item"), event.item.role, parts)
+        await self._add_item(item, self.last_item_id)
+
+    def _item_audio(self, part: ContentPart, param: str) -> bytes:
+        if part.audio is None:
+            raise _invalid("An input_audio part needs its audio.", param=param + ".audio")
+        fmt = self.buffer.format
+        data = decode_base64(part.audio, param + ".audio")
+        if fmt.type == "audio/pcm" and len(data) % 2:
+            raise _invalid(
+                "16-bit PCM audio must be a whole number of samples.", param=param + ".audio"
+            )
+        return wav(fmt.pcm16(data), fmt.rate)
+
+    async def _add_item(self, item: ConversationItem, previous: str | None) -> None:
+        if self.settings.type == "realtime":
+            self.items.append(item)
+        self.last_item_id = item.id
+        for kind in ("conversation.item.added", "conversation.item.done"):
+            await self.send(ItemEvent(type=kind, item=item.shown(), previous_item_id=previous))
+
+    async def create_response(self, event: ResponseCreate) -> None:
+        if self.settings.type != "realtime":
+            raise _invalid(
+                "response.create needs a conversation session (session.type 'realtime').",
+                param="type",
+            )
+        config = event.response
+        if config and config.output_modalities and "audio" in config.output_modalities:
+            raise _audio_output_refused("response.output_modalities")
+        if self.response is not None:
+            raise _invalid(
+                f"Conversation already has an active response in progress: "
+                f"{self.response[0]}. Wait until the response is finished before creating "
+                "a new one.",
+                code="conversation_already_has_active_response",
+            )
+        response_id = new_id("resp")
+        task = self._spawn(self._respond(response_id, config))
+        self.response = (response_id, task)
+
+    async def cancel_response(self, event: ResponseCancel) -> None:
+        if self.response is None or event.response_id not in (None, self.response[0]):
+            raise _invalid(
+                "Cancellation failed: no active response found.",
+                code="response_cancel_not_active",
+            )
+        self.response[1].cancel()
+
+    # Engine work --------------------------------------------------------------------
+
+    def _spawn(self, work: Any) -> asyncio.Task:
+        task = asyncio.create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _transcribe(self, item: ConversationItem, audio: bytes) -> None:
+        """The REST transcription of the turn's audio, as deltas and the whole."""
+        t = self.settings.transcription or Transcription()
+        runtime = self.runtime
+        conversation = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio"},
+                    {"type": "text", "text": instruction("transcribe", t.language, t.prompt)},
+                ],
+            }
+        ]
+        served = ServedRequest(runtime, self.ws, ENDPOINT)
+
+        async def prepare(ticket: Ticket) -> tuple[np.ndarray, list[Window]]:
+            # As an upload to the transcription endpoint: 16-bit PCM, cut at its pauses.
+            pcm = await runtime.inputs.decode_transcription(io.BytesIO(audio), "audio", ticket)
+            metrics.REQUEST_AUDIO_SECONDS.observe(pcm.size / SAMPLE_RATE)
+            regions = await runtime.inputs.voice.regions(pcm)
+            return pcm, await runtime.inputs.off_loop(plan_windows, pcm, regions)
+
+        async def render(window: np.ndarray) -> Any:
+            return await runtime.inputs.render(conversation, [window])
+
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=MAX_TOKENS_PER_WINDOW,
+            logprobs=0,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        outcome = "failed"
+        try:
+            pcm, windows = await served.prepare(prepare)
+            answer = SpeechAnswer(
+                served,
+                render,
+                pcm,
+                windows,
+                params,
+                runtime.audio_token_id,
+                runtime.config.transcription_windows_in_flight,
+            )
+            async with contextlib.aclosing(answer.pieces()) as pieces:
+                async for piece in pieces:
+                    if isinstance(piece, TranscriptionTextDone):
+                        item.transcript = piece.text
+                        done = TranscriptionCompleted(
+                            item_id=item.id,
+                            transcript=piece.text,
+                            usage=piece.usage.model_dump(),
+                        )
+                        await self.send(done)
+                    elif piece:
+                        await self.send(TranscriptionDelta(item_id=item.id, delta=piece))
+            outcome = "completed"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except (APIError, EngineDeadError) as exc:
+            error = exc if isinstance(exc, APIError) else engine_dead_error()
+            detail = ErrorEvent.of(error).error
+            await self.send(TranscriptionFailed(item_id=item.id, error=detail))
+        finally:
+            served.release()
+            metrics.REALTIME_TURNS.labels("transcription", outcome).inc()
+
+    def _messages(self, instructions: str | None) -> tuple[list[dict], list[str]]:
+        """The conversation as chat messages (a run of user items is one user turn, in
+        order), with each audio's place named for errors."""
+        messages: list[dict[str, Any]] = []
+        params: list[str] = []
+        system = [instructions] if instructions else []
+        system += [str(v) for i in self.items if i.role == "system" for _, v in i.parts]
+        if system:
+            messages.append({"role": "system", "content": "\n\n".join(system)})
+        for item in self.items:
+            if item.role == "system":
+                continue
+            if item.role == "assistant":
+                text = "".join(str(v) for _, v in item.parts)
+                messages.append({"role": "assistant", "content": text})
+                continue
+            if not messages or messages[-1]["role"] != "user":
+                messages.append({"role": "user", "content": []})
+            for kind, value in item.parts:
+                if kind == "audio":
+                    data = base64.b64encode(value).decode()  # type: ignore[arg-type]
+                    part = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+                    params.append(f"item[{item.id}]")
+                else:
+                    part = {"type": "text", "text": value}
+                messages[-1]["content"].append(part)
+        return messages, params
+
+    async def _respond(self, response_id: str, config: Any) -> None:
+        s = self.settings
+        instructions = (config.instructions if config else None) or s.instructions
+        max_output = (config.max_output_tokens if config else None) or s.max_output_tokens
+        item = ConversationItem(new_id("item"), "assistant", [("text", "")])
+        response = Response(id=response_id, status="in_progress", max_output_tokens=max_output)
+        await self.send(ResponseEvent(type="response.created", response=response))
+        served = None
+        outcome = "failed"
+        text = ""
+        try:
+            messages, params = self._messages(instructions)
+            if not any(m["role"] != "system" for m in messages):
+                raise _invalid("The conversation is empty: commit audio or create an item first.")
+            body = ChatCompletionRequest.model_validate(
+                {
+                    "model": s.model,
+                    "messages": messages,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                    **({"max_tokens": max_output} if isinstance(max_output, int) else {}),
+                }
+            )
+            answer = await prepare_chat(
+                body, self.ws, self.runtime, self.chat, ENDPOINT, audio_params=params
+            )
+            served = answer.served
+            shown = Item(id=item.id, role="assistant", status="in_progress", content=[])
+            await self.send(
+                OutputItemEvent(
+                    type="response.output_item.added", response_id=response_id, item=shown
+                )
+            )
+            ids = {"response_id": response_id, "item_id": item.id}
+            await self.send(
+                ContentPartEvent(type="response.content_part.added", part=Part(text=""), **ids)
+            )
+            usage = None
+            finish = None
+            async with contextlib.aclosing(answer.chunks()) as chunks:
+                async for payload in chunks:
+                    chunk = ChatCompletionChunk.model_validate_json(payload)
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        finish = choice.finish_reason or finish
+                        if delta := choice.delta.content:
+                            text += delta
+                            await self.send(TextDelta(delta=delta, **ids))
+            item.parts = [("text", text)]
+            await self.send(TextDone(text=text, **ids))
+            await self.send(
+                ContentPartEvent(type="response.content_part.done", part=Part(text=text), **ids)
+            )
+            await self.send(
+                OutputItemEvent(
+                    type="response.output_item.done", response_id=response_id, item=item.shown()
+                )
+            )
+            self.items.append(item)
+            self.last_item_id = item.id
+            response.status = "completed"
+            if finish == "length":
+                response.status = "incomplete"
+                response.status_details = {"type": "incomplete", "reason": "max_output_tokens"}
+            response.output = [item.shown()]
+            if usage is not None:
+                audio = usage.prompt_tokens_details.audio_tokens or 0
+                response.usage = ResponseUsage(
+                    input_tokens=usage.prompt_tokens,
+                    output_tokens=usage.completion_tokens,
+                    total_tokens=usage.total_tokens,
+                    input_token_details={
+                        "audio_tokens": audio,
+                        "text_tokens": usage.prompt_tokens - audio,
+                        "cached_tokens": usage.prompt_tokens_details.cached_tokens or 0,
+                    },
+                    output_token_details={
+                        "text_tokens": usage.completion_tokens,
+                        "audio_tokens": 0,
+                    },
+                )
+            outcome = "completed"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            if self.closed:
+                raise
+            # response.cancel: the engine request is aborted; what was said so far stays.
+            response.status = "cancelled"
+            response.status_details = {"type": "cancelled", "reason": "client_cancelled"}
+        except (APIError, EngineDeadError) as exc:
+            error = exc if isinstance(exc, APIError) else engine_dead_error()
+            await self.error(error)
+            detail = ErrorEvent.of(error).error
+            response.status = "failed"
+            response.status_details = {
+                "type": "failed",
+                "error": {"type": detail.type, "code": detail.code},
+            }
+        finally:
+            if served is not None:
+                served.release()
+            self.response = None
+            self.counts.responses += 1
+            metrics.REALTIME_TURNS.labels("response", outcome).inc()
+        await self.send(ResponseEvent(type="response.done", response=response))
+
+    async def close(self) -> None:
+        """The socket is gone: its engine work is aborted now."""
+        self.closed = True
+        if self.tasks:
+            metrics.CLIENT_DISCONNECTS.labels(ENDPOINT).inc()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _audio_output_refused(param: str) -> APIError:
+    return _invalid(
+        "Audio output is not available: AF3's speech output is not released; use "
+        'output_modalities ["text"].',
+        param=param,
+        code="unsupported_modality",
+    )

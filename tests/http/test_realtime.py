@@ -1,0 +1,482 @@
+"""/v1/realtime in-process on the fake engine: OpenAI's Realtime events for transcription and
+conversation sessions, in order and shaped as the `openai` client's types; the limits and
+faults (keys, session limit, buffer bound, bad events, dropped sockets)."""
+
+import base64
+import json
+import logging
+
+import numpy as np
+import pytest
+from openai.types.realtime.realtime_server_event import RealtimeServerEvent
+from pydantic import TypeAdapter
+
+from af3_serve.realtime import session as session_module
+from af3_serve.realtime.protocol import TurnDetection
+from af3_serve.realtime.turns import SpeechBoundary
+from tests.support.audio_files import (
+    as_pcm16,
+    at_24k,
+    encode,
+    pcm16,
+    speaking,
+    transcription_windows,
+)
+from tests.support.http_helpers import (
+    MODEL,
+    THINK_MODEL,
+    TRANSCRIPTIONS,
+    metric,
+    metrics_page,
+    server_fixture,
+)
+from tests.support.in_process import InProcess
+from tests.support.server import API_KEY
+from tests.support.ws_asgi import AsgiWebSocket, realtime_socket
+
+api = server_fixture()
+SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
+TRANSCRIPTION = "intent=transcription"
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+FAILED = "conversation.item.input_audio_transcription.failed"
+
+
+def append(audio: np.ndarray, chunk_s: float = 0.5, rate: int = 24000) -> list[dict]:
+    data, step = pcm16(audio), int(chunk_s * rate) * 2
+    return [
+        {
+            "type": "input_audio_buffer.append",
+            "audio": base64.b64encode(data[i : i + step]).decode(),
+        }
+        for i in range(0, len(data), step)
+    ]
+
+
+def checked(events: list[dict]) -> list[dict]:
+    """Each event validates as the openai client's own type (strictly, not constructed)."""
+    for event in events:
+        if event["type"] != "closed":
+            SERVER_EVENT.validate_python(event)
+    return events
+
+
+def types(events: list[dict]) -> list[str]:
+    return [e["type"] for e in events]
+
+
+async def send_turn(ws: AsgiWebSocket, audio: np.ndarray) -> None:
+    for event in append(audio):
+        await ws.send(event)
+    await ws.send({"type": "input_audio_buffer.commit"})
+
+
+@pytest.mark.asyncio
+async def test_transcription_turn_equals_rest(api: InProcess, speech, caplog) -> None:
+    caplog.set_level(logging.INFO, "af3_serve.access")
+    audio = at_24k(speech, 4.0)
+    async with realtime_socket(api.app, TRANSCRIPTION) as ws:
+        created = checked([await ws.recv()])[0]
+        assert created["type"] == "session.created"
+        assert created["session"]["type"] == "transcription"
+        await send_turn(ws, audio)
+        events = checked(await ws.recv_until(COMPLETED))
+    assert types(events)[:3] == [
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    item_id = events[0]["item_id"]
+    deltas = [e for e in events if e["type"].endswith("transcription.delta")]
+    done = events[-1]
+    assert deltas and all(e["item_id"] == item_id for e in deltas)
+    assert "".join(e["delta"] for e in deltas) == done["transcript"]
+    rest = await api.client.post(
+        TRANSCRIPTIONS,
+        data={"model": MODEL},
+        files={"file": ("turn.wav", encode(audio, rate=24000))},
+    )
+    assert rest.status_code == 200, rest.text
+    assert done["transcript"] == rest.json()["text"]
+    assert done["usage"] == rest.json()["usage"]
+    prompts = list(api.engine.prompts.values())
+    assert prompts[0] == prompts[1]  # same instruction, same audio tokens
+    # One access-log line for the session, with what it did.
+    lines = [r.getMessage() for r in caplog.records if "/v1/realtime" in r.getMessage()]
+    assert len(lines) == 1 and "type=transcription" in lines[0] and "turns=1" in lines[0]
+
+
+@pytest.mark.asyncio
+async def test_long_turn_is_transcribed_in_30s_pieces(api: InProcess, speech) -> None:
+    """65 s at 16 kHz (the session says so): the window plan's pieces (at least three),
+    stitched as the REST answer."""
+    api.engine.answer_for = lambda rid: f" Window {rid.rsplit('-', 1)[1]} says hello."
+    audio = as_pcm16(speaking(speech, 65.0))
+    windows = transcription_windows(audio)
+    async with realtime_socket(api.app, TRANSCRIPTION) as ws:
+        await ws.recv()
+        fmt = {"type": "audio/pcm", "rate": 16000}
+        update = {"type": "transcription", "audio": {"input": {"format": fmt}}}
+        await ws.send({"type": "session.update", "session": update})
+        # Not `checked`: a 16-kHz rate is ours (the openai type allows 24000 only; its client
+        # parses the event all the same).
+        updated = await ws.recv()
+        assert updated["session"]["audio"]["input"]["format"] == fmt
+        for event in append(audio, chunk_s=5.0, rate=16000):
+            await ws.send(event)
+        await ws.send({"type": "input_audio_buffer.commit"})
+        events = await ws.recv_until(COMPLETED)
+    done = checked(events)[-1]
+    said = " ".join(f"Window {i} says hello." for i in range(len(windows)))
+    assert len(windows) >= 3 and done["transcript"] == said
+    assert len(api.engine.started) == len(windows)
+    rest = await api.client.post(
+        TRANSCRIPTIONS, data={"model": MODEL}, files={"file": ("turn.wav", encode(audio))}
+    )
+    assert done["transcript"] == rest.json()["text"]
+
+
+@pytest.mark.asyncio
+async def test_g711_input(api: InProcess, speech) -> None:
+    """audio/pcmu at 8 kHz: decoded and transcribed like the same samples as 16-bit PCM."""
+    audioop = pytest.importorskip("audioop")
+    clip = speaking(speech, 2.0)[::2]  # 8 kHz
+    ulaw = audioop.lin2ulaw(pcm16(clip), 2)
+    async with realtime_socket(api.app, TRANSCRIPTION) as ws:
+        await ws.recv()
+        session = {"type": "transcription", "audio": {"input": {"format": {"type": "audio/pcmu"}}}}
+        await ws.send({"type": "session.update", "session": session})
+        assert (await ws.recv())["type"] == "session.updated"
+        await ws.send(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(ulaw).decode()}
+        )
+        await ws.send({"type": "input_audio_buffer.commit"})
+        events = checked(await ws.recv_until(COMPLETED))
+    assert events[-1]["transcript"]
+    decoded = np.frombuffer(audioop.ulaw2lin(ulaw, 2), "<i2").astype(np.float32) / 32768
+    rest = await api.client.post(
+        TRANSCRIPTIONS, data={"model": MODEL}, files={"file": ("t.wav", encode(decoded, rate=8000))}
+    )
+    prompts = list(api.engine.prompts.values())
+    assert rest.status_code == 200 and prompts[0] == prompts[1]
+
+
+@pytest.mark.asyncio
+async def test_clear_empty_commit_and_turn_detection(api: InProcess, speech) -> None:
+    async with realtime_socket(api.app, TRANSCRIPTION) as ws:
+        await ws.recv()
+        for event in append(at_24k(speech, 1.0)):
+            await ws.send(event)
+        await ws.send({"type": "input_audio_buffer.clear", "event_id": "c1"})
+        assert (await ws.recv())["type"] == "input_audio_buffer.cleared"
+        await ws.send({"type": "input_audio_buffer.commit", "event_id": "e1"})
+        error = checked([await ws.recv()])[0]
+        assert error["error"]["code"] == "input_audio_buffer_commit_empty"
+        assert error["error"]["event_id"] == "e1"
+        vad = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}
+        session = {"type": "transcription", "audio": {"input": {"turn_detection": vad}}}
+        await ws.send({"type": "session.update", "session": session})
+        error = checked([await ws.recv()])[0]
+        assert error["type"] == "error"
+        assert error["error"]["code"] == "unsupported_turn_detection"
+        assert "server_vad" in error["error"]["message"]
+        session["audio"]["input"]["turn_detection"] = None
+        await ws.send({"type": "session.update", "session": session})
+        updated = checked([await ws.recv()])[0]
+        assert updated["session"]["audio"]["input"]["turn_detection"] is None
+    assert api.engine.started == []
+
+
+@pytest.mark.asyncio
+async def test_bad_events_leave_the_session_usable(api: InProcess, speech) -> None:
+    bad = [
+        ("{not json", "invalid_json"),
+        (json.dumps({"type": "no.such.event"}), "invalid_value"),
+        (
+            json.dumps({"type": "input_audio_buffer.append", "audio": "@@not base64@@"}),
+            "invalid_audio",
+        ),
+        (json.dumps({"type": "input_audio_buffer.append"}), "invalid_event"),
+        (
+            json.dumps({"type": "input_audio_buffer.append", "audio": "AA=="}),
+            "invalid_audio",
+        ),  # one byte
+        (json.dumps([1, 2]), "invalid_event"),
+        ("x" * (8 * 2**20 + 1), "event_too_large"),
+        (json.dumps({"type": "response.create"}), "invalid_value"),  # not in transcription
+    ]
+    async with realtime_socket(api.app, TRANSCRIPTION) as ws:
+        await ws.recv()
+        for text, code in bad:
+            await ws.send(text)
+            error = checked([await ws.recv()])[0]
+            assert error["type"] == "error" and error["error"]["code"] == code, (text[:80], error)
+            assert "Traceback" not in error["error"]["message"]
+        await send_turn(ws, at_24k(speech, 1.0))
+        events = checked(await ws.recv_until(COMPLETED))
+    assert events[-1]["transcript"]
+
+
+@pytest.mark.asyncio
+async def test_keys(api: InProcess) -> None:
+    async with realtime_socket(api.app, TRANSCRIPTION, headers={}) as ws:
+        error = await ws.recv()
+        assert error["error"]["code"] == "invalid_api_key"
+        assert (await ws.recv())["code"] == 1008
+    wrong = {"Authorization": "Bearer nope"}
+    async with realtime_socket(api.app, TRANSCRIPTION, headers=wrong) as ws:
+        assert (await ws.recv())["error"]["code"] == "invalid_api_key"
+    protocols = ["realtime", f"openai-insecure-api-key.{API_KEY}"]
+    async with realtime_socket(api.app, TRANSCRIPTION, headers={}, protocols=protocols) as ws:
+        assert ws.subprotocol == "realtime"
+        assert (await ws.recv())["type"] == "session.created"
+    async with realtime_socket(api.app, "model=nope") as ws:
+        assert (await ws.recv())["error"]["code"] == "model_not_found"
+
+
+one_session = server_fixture("--max-realtime-sessions", "1", "--max-realtime-buffer-seconds", "2")
+idle = server_fixture("--realtime-idle-timeout-s", "0.3")
+
+
+@pytest.mark.asyncio
+async def test_idle_session_is_closed(idle: InProcess) -> None:
+    async with realtime_socket(idle.app, TRANSCRIPTION) as ws:
+        assert (await ws.recv())["type"] == "session.created"
+        error = await ws.recv()
+        assert error["error"]["code"] == "session_idle_timeout"
+        assert (await ws.recv())["type"] == "closed"
+    assert idle.app.state.realtime_sessions == 0
+
+
+one_per_key = server_fixture("--max-realtime-sessions-per-key", "1", "--api-key", "other-key")
+
+
+@pytest.mark.asyncio
+async def test_sessions_per_key(one_per_key: InProcess) -> None:
+    async with realtime_socket(one_per_key.app, TRANSCRIPTION) as ws:
+        assert (await ws.recv())["type"] == "session.created"
+        async with realtime_socket(one_per_key.app, TRANSCRIPTION) as second:
+            error = await second.recv()
+            assert error["error"]["code"] == "session_limit_reached"
+            assert "API key" in error["error"]["message"]
+        other = {"Authorization": "Bearer other-key"}
+        async with realtime_socket(one_per_key.app, TRANSCRIPTION, headers=other) as third:
+            assert (await third.recv())["type"] == "session.created"
+    # Closed sessions free their key's place.
+    async with realtime_socket(one_per_key.app, TRANSCRIPTION) as ws:
+        assert (await ws.recv())["type"] == "session.created"
+    assert one_per_key.app.state.realtime_sessions_per_client == {}
+
+
+@pytest.mark.asyncio
+async def test_session_limit_and_buffer_bound(one_session: InProcess, speech) -> None:
+    async with realtime_socket(one_session.app, TRANSCRIPTION) as ws:
+        await ws.recv()
+        async with realtime_socket(one_session.app, TRANSCRIPTION) as second:
+            error = await second.recv()
+            assert error["error"]["code"] == "session_limit_reached"
+            assert (await second.recv())["code"] == 1013
+        for event in append(at_24k(speech, 1.5), chunk_s=1.5):
+            await ws.send(event)
+        for event in append(at_24k(speech, 1.0), chunk_s=1.0):
+            await ws.send(event)  # past 2 s: refused whole
+        error = checked([await ws.recv()])[0]
+        assert error["error"]["code"] == "input_audio_buffer_full"
+        await ws.send({"type": "input_audio_buffer.commit"})
+        events = await ws.recv_until(COMPLETED)
+        page = await metrics_page(one_session.client)
+    assert events[-1]["type"].endswith("completed")
+    assert metric(page, "af3_realtime_sessions_open") == 1
+    assert metric(page, 'af3_requests_rejected_total{reason="realtime_sessions"}') >= 1
+    assert metric(page, 'af3_realtime_turns_total{kind="transcription",outcome="completed"}') >= 1
+    # The session's one turn: 1.5 s taken, the refused 1 s not.
+    assert metric(page, "af3_realtime_audio_seconds_total") >= 1.5
+
+
+@pytest.mark.asyncio
+async def test_dropped_socket_aborts_the_turn(api: InProcess, speech) -> None:
+    from tests.support.http_helpers import until
+
+    series = 'af3_client_disconnects_total{endpoint="realtime"}'
+    before = metric(await metrics_page(api.client), series)
+    api.engine.paused = True
+    async with realtime_socket(api.app, TRANSCRIPTION) as ws:
+        await ws.recv()
+        await send_turn(ws, at_24k(speech, 1.0))
+        await until(lambda: len(api.engine.started) == 1)
+        await ws.disconnect()
+    assert api.engine.aborted == api.engine.started
+    # A response in flight, the same.
+    async with realtime_socket(api.app, f"model={MODEL}") as ws:
+        await ws.recv()
+        await send_turn(ws, at_24k(speech, 1.0))
+        await ws.recv_until("conversation.item.done")
+        await ws.send({"type": "response.create"})
+        await until(lambda: len(api.engine.started) == 2)
+        await ws.disconnect()
+    assert api.engine.aborted == api.engine.started
+    assert api.app.state.runtime.admission.pending == 0
+    assert api.app.state.realtime_sessions == 0
+    assert metric(await metrics_page(api.client), series) == before + 2
+
+
+async def conversation(ws: AsgiWebSocket, model: str = MODEL) -> None:
+    created = checked([await ws.recv()])[0]
+    assert created["session"]["type"] == "realtime" and created["session"]["model"] == model
+
+
+@pytest.mark.asyncio
+async def test_conversation_turns_and_responses(api: InProcess, speech) -> None:
+    async with realtime_socket(api.app, f"model={MODEL}") as ws:
+        await conversation(ws)
+        await ws.send({"type": "session.update", "session": {"max_output_tokens": 12}})
+        assert (await ws.recv())["session"]["max_output_tokens"] == 12
+        await send_turn(ws, at_24k(speech, 2.0))
+        committed = checked(await ws.recv_until("conversation.item.done"))
+        assert types(committed) == [
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+        ]
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "What is said?"}],
+        }
+        await ws.send({"type": "conversation.item.create", "item": item})
+        checked(await ws.recv_until("conversation.item.done"))
+        await ws.send({"type": "response.create"})
+        events = checked(await ws.recv_until("response.done"))
+        assert types(events)[:3] == [
+            "response.created",
+            "response.output_item.added",
+            "response.content_part.added",
+        ]
+        assert types(events)[-4:] == [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.done",
+        ]
+        text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+        done = events[-1]["response"]
+        assert done["status"] in ("completed", "incomplete")
+        assert done["output"][0]["content"][0]["text"] == text
+        first_prompt = api.engine.prompts[api.engine.started[-1]]
+        audio_id = api.app.state.runtime.audio_token_id
+        assert (
+            done["usage"]["input_token_details"]["audio_tokens"] == first_prompt.count(audio_id) > 0
+        )
+        assert done["usage"]["input_tokens"] == len(first_prompt)
+        # A second response hears everything so far, its own first answer included.
+        await ws.send({"type": "response.create"})
+        await ws.recv_until("response.done")
+        second_prompt = api.engine.prompts[api.engine.started[-1]]
+        assert second_prompt[: len(first_prompt)] == first_prompt
+        assert api.engine.tokenizer.decode(second_prompt).count(text.strip()) == 1
+
+
+@pytest.mark.asyncio
+async def test_cancel_think_and_audio_output(api: InProcess, speech) -> None:
+    from tests.support.http_helpers import until
+
+    async with realtime_socket(api.app, f"model={THINK_MODEL}") as ws:
+        await conversation(ws, THINK_MODEL)
+        await ws.send(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "output_modalities": ["audio"]},
+            }
+        )
+        error = checked([await ws.recv()])[0]
+        assert error["error"]["code"] == "unsupported_modality"
+        await send_turn(ws, at_24k(speech, 1.0))
+        await ws.recv_until("conversation.item.done")
+        api.engine.paused = True
+        await ws.send({"type": "response.create"})
+        assert (await ws.recv())["type"] == "response.created"
+        await until(lambda: len(api.engine.started) == 1)
+        await ws.send({"type": "response.create"})
+        busy = await ws.recv_until("error")
+        assert busy[-1]["error"]["code"] == "conversation_already_has_active_response"
+        await ws.send({"type": "response.cancel"})
+        done = checked(await ws.recv_until("response.done"))[-1]
+        assert done["response"]["status"] == "cancelled"
+        assert api.engine.aborted == api.engine.started
+        assert api.engine.lora[api.engine.started[0]] is not None  # the thinking adapter
+        api.engine.paused = False
+    assert api.app.state.runtime.admission.pending == 0
+
+
+@pytest.mark.asyncio
+async def test_session_update_to_transcription_and_a_failed_turn(api: InProcess, speech) -> None:
+    """A conversation session turned into a transcription session by `session.update`; a
+    turn the engine cannot finish gets `...transcription.failed` with OpenAI's error."""
+    from tests.support.http_helpers import until
+
+    async with realtime_socket(api.app) as ws:
+        await conversation(ws)
+        await ws.send({"type": "session.update", "session": {"type": "transcription"}})
+        updated = checked([await ws.recv()])[0]
+        assert updated["session"]["type"] == "transcription"
+        assert updated["session"]["audio"]["input"]["transcription"]["model"] == MODEL
+        await send_turn(ws, at_24k(speech, 1.0))
+        assert (await ws.recv_until(COMPLETED))[-1]["transcript"]
+        api.engine.paused = True
+        await send_turn(ws, at_24k(speech, 1.0))
+        await until(lambda: len(api.engine.started) == 2)
+        api.engine.kill()
+        events = checked(await ws.recv_until(FAILED))
+    failed = events[-1]
+    assert failed["item_id"] == events[0]["item_id"]
+    assert failed["error"]["code"] == "engine_dead"
+    assert api.app.state.runtime.admission.pending == 0
+
+
+class HalfSecondTurns:
+    """A stand-in voice detector: speech starts with the first audio and stops once 0.5 s
+    has been fed; what the session does with a detector's reports is what is tested."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def feed(self, pcm16: bytes, rate: int) -> list[SpeechBoundary]:
+        start = self.samples
+        self.samples += len(pcm16) // 2
+        found = []
+        if start == 0:
+            found.append(SpeechBoundary("started", 0))
+        if start < rate // 2 <= self.samples:
+            found.append(SpeechBoundary("stopped", 500))
+        return found
+
+    def reset(self) -> None:
+        self.samples = 0
+
+
+@pytest.mark.asyncio
+async def test_a_turn_detector_plugs_in(api: InProcess, speech, monkeypatch) -> None:
+    def detector(config: TurnDetection | None) -> HalfSecondTurns | None:
+        return None if config is None else HalfSecondTurns()
+
+    monkeypatch.setattr(session_module, "turn_detector", detector)
+    async with realtime_socket(api.app, f"model={MODEL}") as ws:
+        await conversation(ws)
+        vad = {"type": "server_vad", "create_response": True}
+        session = {"type": "realtime", "max_output_tokens": 4}
+        session["audio"] = {"input": {"turn_detection": vad}}
+        await ws.send({"type": "session.update", "session": session})
+        updated = checked([await ws.recv()])[0]
+        assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+        for event in append(at_24k(speech, 0.6), chunk_s=0.25):
+            await ws.send(event)
+        events = checked(await ws.recv_until("response.done"))
+    assert types(events)[:5] == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    item_id = events[0]["item_id"]
+    assert events[1]["item_id"] == events[2]["item_id"] == events[3]["item"]["id"] == item_id
+    assert events[-1]["response"]["status"] in ("completed", "incomplete")
