@@ -82,6 +82,14 @@ ENGINE = (*engine_size_flags(), "--dtype", "float32", "--enforce-eager")
 UPSTREAM_ENV = {"VLLM_PLUGINS": "none-of-ours"}
 
 
+def script_parser(doc: str, out_help: str) -> argparse.ArgumentParser:
+    """A measurement script's command line: its docstring's first line, and where its
+    results go (`--out`)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    return parser
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -34,10 +34,12 @@ BLOCK_FRAMES = 60 * SAMPLE_RATE // FRAME  # a block: 60 s
 WARMUP_FRAMES = 50  # 1.6 s before a block, run and dropped: the state settles in less
 # Silero's defaults, but regions come unpadded: the window plan pads a window's edges and
 # needs the pauses between regions as detected, to cut at the longest.
-THRESHOLD = 0.5
-MIN_SPEECH_MS = 250
-MIN_SILENCE_MS = 100
-SPEECH_PAD_MS = 0
+SILERO_RULES = {
+    "threshold": 0.5,
+    "min_speech_duration_ms": 250,
+    "min_silence_duration_ms": 100,
+    "speech_pad_ms": 0,
+}
 
 _local = threading.local()
 _HEADER = struct.Struct("<II")  # samples (or probabilities) in the message, frames to skip
@@ -113,13 +115,7 @@ def regions_from_probabilities(probs: np.ndarray, n: int) -> list[tuple[int, int
         from silero_vad import get_speech_timestamps_from_probs
 
     stamps = get_speech_timestamps_from_probs(
-        probs.tolist(),
-        sampling_rate=SAMPLE_RATE,
-        threshold=THRESHOLD,
-        min_speech_duration_ms=MIN_SPEECH_MS,
-        min_silence_duration_ms=MIN_SILENCE_MS,
-        speech_pad_ms=SPEECH_PAD_MS,
-        audio_length_samples=n,
+        probs.tolist(), sampling_rate=SAMPLE_RATE, audio_length_samples=n, **SILERO_RULES
     )
     return [(int(s["start"]), int(s["end"])) for s in stamps]
 

@@ -3,12 +3,10 @@ PCM until a commit, then wrapped as a WAV file so the turn is decoded exactly as
 file is (libsndfile's float32 of the PCM, soxr to 16 kHz): a committed turn's samples equal
 those of the same audio sent to /v1/audio/transcriptions."""
 
-import binascii
 import struct
 from dataclasses import dataclass
 
 import numpy as np
-import pybase64
 
 from af3_serve.edge.errors import APIError
 from af3_serve.realtime.protocol import AudioFormat
@@ -65,15 +63,6 @@ class InputFormat:
         if self.type == "audio/pcm":
             return {"type": self.type, "rate": self.rate}
         return {"type": self.type}
-
-
-def decode_base64(data: str, param: str) -> bytes:
-    try:
-        return pybase64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise APIError(
-            400, "The audio is not valid base64.", param=param, code="invalid_audio"
-        ) from exc
 
 
 def wav(pcm16: bytes, rate: int) -> bytes:

@@ -253,28 +253,25 @@ class Part(BaseModel):
     text: str
 
 
-class ContentPartEvent(ServerEvent):
-    type: Literal["response.content_part.added", "response.content_part.done"]
+class InContentEvent(ServerEvent):
+    """An event about one content part of a response's output item."""
+
     response_id: str
     item_id: str
     output_index: int = 0
     content_index: int = 0
+
+
+class ContentPartEvent(InContentEvent):
+    type: Literal["response.content_part.added", "response.content_part.done"]
     part: Part
 
 
-class TextDelta(ServerEvent):
+class TextDelta(InContentEvent):
     type: Literal["response.output_text.delta"] = "response.output_text.delta"
-    response_id: str
-    item_id: str
-    output_index: int = 0
-    content_index: int = 0
     delta: str
 
 
-class TextDone(ServerEvent):
+class TextDone(InContentEvent):
     type: Literal["response.output_text.done"] = "response.output_text.done"
-    response_id: str
-    item_id: str
-    output_index: int = 0
-    content_index: int = 0
     text: str

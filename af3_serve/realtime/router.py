@@ -33,6 +33,13 @@ def _token(websocket: WebSocket) -> str | None:
     return None
 
 
+async def _over_limit(websocket: WebSocket, reason: str, status: int, message: str) -> None:
+    """A session past a session limit: counted as refused for `reason`, told, closed."""
+    metrics.REJECTED.labels(reason).inc()
+    error = APIError(status, message, code="session_limit_reached")
+    await _refuse(websocket, error, TRY_AGAIN_LATER)
+
+
 async def _refuse(websocket: WebSocket, error: APIError, code: int) -> None:
     """A refused connection still hears why, as an OpenAI `error` event, then closes."""
     metrics.REALTIME_ERRORS.labels(error.code or "error").inc()
@@ -59,27 +66,17 @@ async def realtime(websocket: WebSocket) -> None:
         await _refuse(websocket, exc, POLICY_VIOLATION)
         return
     state = websocket.app.state
-    if state.realtime_sessions >= runtime.config.max_realtime_sessions:
-        metrics.REJECTED.labels("realtime_sessions").inc()
-        error = APIError(
-            503,
-            f"The server holds its most realtime sessions "
-            f"({runtime.config.max_realtime_sessions}); retry shortly.",
-            code="session_limit_reached",
-        )
-        await _refuse(websocket, error, TRY_AGAIN_LATER)
+    limit = runtime.config.max_realtime_sessions
+    if state.realtime_sessions >= limit:
+        message = f"The server holds its most realtime sessions ({limit}); retry shortly."
+        await _over_limit(websocket, "realtime_sessions", 503, message)
         return
     client = websocket.state.client
     per_client = state.realtime_sessions_per_client
-    if per_client.get(client, 0) >= runtime.config.max_realtime_sessions_per_key:
-        metrics.REJECTED.labels("realtime_sessions_for_client").inc()
-        error = APIError(
-            429,
-            f"This API key holds its most realtime sessions "
-            f"({runtime.config.max_realtime_sessions_per_key}); close one first.",
-            code="session_limit_reached",
-        )
-        await _refuse(websocket, error, TRY_AGAIN_LATER)
+    limit = runtime.config.max_realtime_sessions_per_key
+    if per_client.get(client, 0) >= limit:
+        message = f"This API key holds its most realtime sessions ({limit}); close one first."
+        await _over_limit(websocket, "realtime_sessions_for_client", 429, message)
         return
     per_client[client] = per_client.get(client, 0) + 1
     state.realtime_sessions += 1
@@ -128,8 +125,8 @@ async def realtime(websocket: WebSocket) -> None:
             session.id,
             session.settings.type,
             session.settings.model,
-            c.turns,
-            c.audio_seconds,
-            c.responses,
-            c.errors,
+            c["turns"],
+            c["audio_seconds"],
+            c["responses"],
+            c["errors"],
         )

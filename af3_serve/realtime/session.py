@@ -8,6 +8,7 @@ import base64
 import contextlib
 import io
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +27,11 @@ from af3_serve.chat.protocol import ChatCompletionChunk, ChatCompletionRequest
 from af3_serve.chat.serving import prepare_chat
 from af3_serve.chat.setup import ChatSetup
 from af3_serve.edge.errors import APIError
+from af3_serve.inputs.media import b64decode
 from af3_serve.realtime.audio import (
     MIN_COMMIT_SECONDS,
     AudioBuffer,
     InputFormat,
-    decode_base64,
     wav,
 )
 from af3_serve.realtime.protocol import (
@@ -114,14 +115,6 @@ class Settings:
     detector: TurnDetector | None = None
 
 
-@dataclass
-class Counts:
-    turns: int = 0
-    responses: int = 0
-    errors: int = 0
-    audio_seconds: float = 0.0
-
-
 class RealtimeSession:
     def __init__(
         self,
@@ -146,7 +139,9 @@ class RealtimeSession:
         self.next_item_id: str | None = None  # named when a detector hears speech start
         self.tasks: set[asyncio.Task] = set()
         self.response: tuple[str, asyncio.Task] | None = None
-        self.counts = Counts()
+        # What the session did, for its access-log line: turns, audio_seconds, responses,
+        # errors.
+        self.counts: Counter[str] = Counter()
         self.closed = False
         self._send_lock = asyncio.Lock()
 
@@ -156,7 +151,7 @@ class RealtimeSession:
         if self.closed:
             return
         if isinstance(event, ErrorEvent):
-            self.counts.errors += 1
+            self.counts["errors"] += 1
             metrics.REALTIME_ERRORS.labels(event.error.code or "error").inc()
         async with self._send_lock:
             with contextlib.suppress(Exception):  # a socket gone mid-send: the reader sees it
@@ -296,7 +291,7 @@ class RealtimeSession:
             )
 
     async def append(self, event: AudioAppend) -> None:
-        data = decode_base64(event.audio, "audio")
+        data = b64decode(event.audio, "audio")
         self.buffer.append(data)
         if (detector := self.settings.detector) is not None:
             fmt = self.buffer.format
@@ -338,8 +333,8 @@ class RealtimeSession:
         audio = self.buffer.take()
         if self.settings.detector is not None:
             self.settings.detector.reset()
-        self.counts.turns += 1
-        self.counts.audio_seconds += seconds
+        self.counts["turns"] += 1
+        self.counts["audio_seconds"] += seconds
         metrics.REALTIME_AUDIO_SECONDS.inc(seconds)
         item = ConversationItem(self.next_item_id or new_id("item"), "user", [("audio", audio)])
         self.next_item_id = None
@@ -395,7 +390,7 @@ class RealtimeSession:
         if part.audio is None:
             raise _invalid("An input_audio part needs its audio.", param=param + ".audio")
         fmt = self.buffer.format
-        data = decode_base64(part.audio, param + ".audio")
+        data = b64decode(part.audio, param + ".audio")
         if fmt.type == "audio/pcm" and len(data) % 2:
             raise _invalid(
                 "16-bit PCM audio must be a whole number of samples.", param=param + ".audio"
@@ -479,15 +474,7 @@ class RealtimeSession:
         outcome = "failed"
         try:
             pcm, windows = await served.prepare(prepare)
-            answer = SpeechAnswer(
-                served,
-                render,
-                pcm,
-                windows,
-                params,
-                runtime.audio_token_id,
-                runtime.config.transcription_windows_in_flight,
-            )
+            answer = SpeechAnswer(served, render, pcm, windows, params)
             async with contextlib.aclosing(answer.pieces()) as pieces:
                 async for piece in pieces:
                     if isinstance(piece, TranscriptionTextDone):
@@ -642,7 +629,7 @@ class RealtimeSession:
             if served is not None:
                 served.release()
             self.response = None
-            self.counts.responses += 1
+            self.counts["responses"] += 1
             metrics.REALTIME_TURNS.labels("response", outcome).inc()
         await self.send(ResponseEvent(type="response.done", response=response))
 

@@ -75,15 +75,7 @@ async def _serve(
         logprobs=0,  # the sampled token's own logprob, for avg_logprob
         output_kind=RequestOutputKind.DELTA if form.stream else RequestOutputKind.FINAL_ONLY,
     )
-    answer = SpeechAnswer(
-        served,
-        render,
-        pcm,
-        windows,
-        params,
-        runtime.audio_token_id,
-        runtime.config.transcription_windows_in_flight,
-    )
+    answer = SpeechAnswer(served, render, pcm, windows, params)
     if form.stream:
         return served.stream(answer.events(), done=False)
     segments = await served.answer(answer.segments())

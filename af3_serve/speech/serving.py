@@ -59,8 +59,6 @@ class SpeechAnswer:
     pcm: np.ndarray  # the recording, 16-kHz int16
     windows: list[Window]
     params: SamplingParams
-    audio_token_id: int
-    in_flight: int
     request_id: str = field(default_factory=transcription_id)
     prompt_tokens: int = 0
     audio_tokens: int = 0
@@ -71,7 +69,7 @@ class SpeechAnswer:
                 engine_input = await self.render(self.windows[i].audio(self.pcm))
                 prompt = engine_input["prompt_token_ids"]
                 self.prompt_tokens += len(prompt)
-                self.audio_tokens += prompt.count(self.audio_token_id)
+                self.audio_tokens += prompt.count(self.served.runtime.audio_token_id)
                 request_id = f"{self.request_id}-{i}"
                 outputs = self.served.generate(engine_input, self.params, request_id)
                 async with contextlib.aclosing(outputs):  # closing aborts it in the engine
@@ -84,10 +82,10 @@ class SpeechAnswer:
 
     @contextlib.asynccontextmanager
     async def _running(self) -> AsyncIterator[list[asyncio.Queue[Item]]]:
-        """Every window's task, at most `in_flight` of them in the engine; leaving (an
-        answer done, an error, a client gone) cancels the rest, which aborts their engine
-        requests."""
-        slots = asyncio.Semaphore(self.in_flight)
+        """Every window's task, at most --transcription-windows-in-flight of them in the
+        engine; leaving (an answer done, an error, a client gone) cancels the rest, which
+        aborts their engine requests."""
+        slots = asyncio.Semaphore(self.served.runtime.config.transcription_windows_in_flight)
         queues: list[asyncio.Queue[Item]] = [asyncio.Queue() for _ in self.windows]
         tasks = [asyncio.create_task(self._window(i, slots, q)) for i, q in enumerate(queues)]
         try:

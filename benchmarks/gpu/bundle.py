@@ -21,7 +21,6 @@ On the host (PYTHON: the one that will serve):
     cd /opt/af3-bundle && PYTHON=python3 sh install.sh
 """
 
-import argparse
 import hashlib
 import json
 import os
@@ -204,8 +203,7 @@ def stage(wheels: dict[str, dict], sources: dict[str, Path], folder: Path) -> No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="where the parts go")
+    parser = harness.script_parser(__doc__, "where the parts go")
     parser.add_argument("--python", default="3.12", help="target CPython (default %(default)s)")
     parser.add_argument(
         "--platform",

@@ -26,7 +26,6 @@ ones too; `--only STEP ...`). `--cpu`: the bench preset in float32 on the CPU bu
 small counts, fp8 started without `--quantization` (a CUDA path); not results.
 """
 
-import argparse
 import base64
 import json
 import os
@@ -530,8 +529,7 @@ def write_results(run: Run, status: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="results folder")
+    parser = harness.script_parser(__doc__, "results folder")
     parser.add_argument("--cpu", action="store_true", help="rehearse on the CPU build")
     parser.add_argument(
         "--checkpoint",

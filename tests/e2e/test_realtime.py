@@ -6,7 +6,6 @@ in-process in tests/http/test_realtime.py."""
 
 import base64
 import json
-import time
 
 import httpx
 import openai
@@ -15,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.audio_files import at_24k, encode, pcm16
-from tests.support.server import API_KEY
+from tests.support.server import API_KEY, wait_for
 
 MODEL = "audio-flamingo-3"
 COMPLETED = "conversation.item.input_audio_transcription.completed"
@@ -120,15 +119,6 @@ def metric(server, name: str) -> float:  # noqa: ANN001
         for line in text.splitlines()
         if line.startswith(name) and not line.startswith("#")
     )
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def finished(server) -> float:  # noqa: ANN001

@@ -6,7 +6,6 @@ import asyncio
 import signal
 import socket
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ import psutil
 import pytest
 
 from tests.support.audio_files import audio_part, make_clip
-from tests.support.server import API_KEY, start_server
+from tests.support.server import API_KEY, start_server, wait_for
 
 MODEL = "audio-flamingo-3"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -39,15 +38,6 @@ def metric(server, name: str) -> float:
         if line.startswith(name) and not line.startswith("#")
     ]
     return sum(values)
-
-
-def wait_for(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 FINISHED = 'vllm:request_success_total{engine="0",finished_reason="'

@@ -193,7 +193,7 @@ async def test_bad_events_leave_the_session_usable(api: InProcess, speech) -> No
         (json.dumps({"type": "no.such.event"}), "invalid_value"),
         (
             json.dumps({"type": "input_audio_buffer.append", "audio": "@@not base64@@"}),
-            "invalid_audio",
+            "invalid_base64",
         ),
         (json.dumps({"type": "input_audio_buffer.append"}), "invalid_event"),
         (

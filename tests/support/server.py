@@ -1,6 +1,8 @@
 """Start a real `af3-serve` process on a free port and wait until it is healthy."""
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.harness import ENGINE, Server, launch_af3_serve
@@ -28,3 +30,13 @@ def start_server(checkpoint: Path, log: Path, *extra: str) -> Server:
         checkpoint, log, "--api-key", API_KEY, *ENGINE, *cache, *extra, env=env
     )
     return server.wait_healthy(timeout_s=300)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
+    """Whether `predicate` came true within `timeout` seconds (polled every 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False

@@ -10,7 +10,8 @@ import soundfile as sf
 
 from af3_serve.edge.errors import APIError
 from af3_serve.inputs.audio import AudioLimits, decode_audio
-from af3_serve.realtime.audio import AudioBuffer, InputFormat, decode_base64
+from af3_serve.inputs.media import b64decode
+from af3_serve.realtime.audio import AudioBuffer, InputFormat
 from af3_serve.realtime.protocol import AudioFormat, TurnDetection
 from af3_serve.realtime.turns import turn_detector
 
@@ -54,7 +55,7 @@ def test_buffer_bound_and_odd_pcm() -> None:
         buffer.append(b"\0")
     assert odd.value.code == "invalid_audio"
     with pytest.raises(APIError):
-        decode_base64("not base64!", "audio")
+        b64decode("not base64!", "audio")
 
 
 def test_turn_detection() -> None:
