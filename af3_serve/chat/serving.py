@@ -2,6 +2,7 @@
 (`prepare_chat`), then the engine's work turned into one `chat.completion` or a stream of
 `chat.completion.chunk`s."""
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from af3_serve.inputs.prompts import AudioRef, last_message_text, to_conversatio
 from af3_serve.protocol import PromptTokensDetails, Usage
 from af3_serve.runtime import Runtime
 from af3_serve.sampling import check_stream_options, max_tokens_for, sampling_params
-from af3_serve.serving import ServedRequest
+from af3_serve.serving import ServedRequest, last_output
 
 
 def chat_sampling(
@@ -110,10 +111,7 @@ class ChatAnswer:
         )
 
     async def completion(self) -> ChatCompletion:
-        final = None
-        async for out in self._outputs():
-            final = out
-        assert final is not None
+        final = await last_output(self._outputs())
         completion_tokens = sum(len(o.token_ids) for o in final.outputs)
         return ChatCompletion(
             id=self.id,
@@ -127,17 +125,25 @@ class ChatAnswer:
 
     async def chunks(self) -> AsyncIterator[str]:
         """OpenAI's chunk format, as JSON payloads for `ServedRequest.stream`."""
+        # aclosing: a client that leaves stops the engine request now, not when the GC runs.
+        async with contextlib.aclosing(self.chunk_models()) as models:
+            async for chunk in models:
+                yield chunk.model_dump_json(exclude_none=True)
+
+    async def chunk_models(self) -> AsyncIterator[ChatCompletionChunk]:
+        """The stream's chunks, for the chat stream and for the endpoints that translate
+        them into their own events (the Responses and Realtime APIs)."""
         created = int(time.time())
         # vLLM's rule: usage on every chunk needs include_usage too.
         include_usage, continuous = should_include_usage(self.body.stream_options, False)
         completion_tokens = cached_tokens = 0
 
-        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
             if continuous and usage is None:
                 usage = self._usage(completion_tokens, cached_tokens)
             return ChatCompletionChunk(
                 id=self.id, created=created, model=self.body.model, choices=choices, usage=usage
-            ).model_dump_json(exclude_none=True)
+            )
 
         n = self.body.n
         role = Delta(role=self.role, content="")

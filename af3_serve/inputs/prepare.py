@@ -81,9 +81,7 @@ class InputPreparer:
         self.admission.reserve_audio(ticket, claimed)
         start = time.perf_counter()
         try:
-            audio = await asyncio.get_running_loop().run_in_executor(
-                self.decode_pool, decode_audio, data, self.limits, param
-            )
+            audio = await self.off_loop(decode_audio, data, self.limits, param)
         except APIError as exc:
             if exc.code == "audio_too_long":  # whose limit it is: the model's (or lower)
                 exc.message = exc.message.removesuffix(".") + f" for the model '{self.model}'."
@@ -127,7 +125,8 @@ class InputPreparer:
         metrics.AUDIO_SECONDS.inc(seconds)
 
     async def off_loop(self, work: Callable[..., T], *args: Any) -> T:
-        """CPU work of a request (decoding, voice activity) in the decode workers."""
+        """CPU work of a request (decoding, tokenizing, voice activity) in the decode
+        workers."""
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, work, *args)
 
     async def load_audios(self, refs: list[AudioRef], ticket: Ticket) -> list[np.ndarray]:
@@ -158,23 +157,26 @@ class InputPreparer:
         audios = await self.load_audios(refs, ticket)
         return await self.render(conversation, audios, think, **template)
 
+    def check_token_ids(self, ids: list[int], param: str) -> None:
+        """Refuse ids past the tokenizer's vocabulary, naming `param`."""
+        vocabulary = len(self.tokenizer)
+        if unknown := [t for t in ids if not 0 <= t < vocabulary]:
+            raise APIError(
+                400,
+                f"Token ids {unknown[:5]} are past the vocabulary ({vocabulary} tokens).",
+                param=param,
+                code="invalid_token_id",
+            )
+
     async def text_prompt(self, prompt: str | list[int], param: str) -> dict[str, Any]:
         """A text prompt (or its token ids) as the engine's input, tokenized off the event
         loop. Audio has no place in it: the audio placeholder is refused, as are ids past the
         vocabulary and prompts that leave no room in the context."""
         if isinstance(prompt, str):
-            ids = await asyncio.get_running_loop().run_in_executor(
-                self.decode_pool, self.tokenizer.encode, prompt
-            )
+            ids = await self.off_loop(self.tokenizer.encode, prompt)
         else:
             ids = prompt
-            if unknown := [t for t in ids if not 0 <= t < len(self.tokenizer)]:
-                raise APIError(
-                    400,
-                    f"Token ids {unknown[:5]} are past the vocabulary ({len(self.tokenizer)}).",
-                    param=param,
-                    code="invalid_token_id",
-                )
+            self.check_token_ids(ids, param)
         if not ids:
             raise APIError(400, "The prompt is empty.", param=param)
         if self.audio_token_id in ids:

@@ -23,7 +23,7 @@ from vllm.v1.engine.exceptions import EngineDeadError
 from af3_model_executor.constants import SAMPLE_RATE
 from af3_serve import metrics
 from af3_serve.admission import Ticket
-from af3_serve.chat.protocol import ChatCompletionChunk, ChatCompletionRequest
+from af3_serve.chat.protocol import ChatCompletionRequest
 from af3_serve.chat.serving import prepare_chat
 from af3_serve.chat.setup import ChatSetup
 from af3_serve.edge.errors import APIError
@@ -566,9 +566,8 @@ class RealtimeSession:
             )
             usage = None
             finish = None
-            async with contextlib.aclosing(answer.chunks()) as chunks:
-                async for payload in chunks:
-                    chunk = ChatCompletionChunk.model_validate_json(payload)
+            async with contextlib.aclosing(answer.chunk_models()) as chunks:
+                async for chunk in chunks:
                     usage = chunk.usage or usage
                     for choice in chunk.choices:
                         finish = choice.finish_reason or finish

@@ -67,7 +67,7 @@ async def create_response(
             done.store = store.put(done, [*history, *turn, response.said])
 
     if body.stream:
-        return answer.served.stream(response.events(answer.chunks(), keep), done=False)
+        return answer.served.stream(response.events(answer.chunk_models(), keep), done=False)
     done = response.from_completion(await answer.served.answer(answer.completion()))
     keep(done)
     return done

@@ -264,7 +264,7 @@ class ResponseAnswer:
         )
 
     async def events(
-        self, chunks: AsyncIterator[str], on_done: Callable[[Response], None]
+        self, chunks: AsyncIterator[ChatCompletionChunk], on_done: Callable[[Response], None]
     ) -> AsyncIterator[str]:
         """The chat answer's chunks as the Responses API's events (JSON payloads for
         `ServedRequest.stream`); `on_done` gets the finished response (to store it)."""
@@ -284,8 +284,7 @@ class ResponseAnswer:
         yield event("content_part.added", **part, part=OutputTextPart(text="").model_dump())
         text, finish_reason, usage = "", None, None
         calls: dict[int, dict[str, str]] = {}  # tool calls by index, as their pieces arrive
-        async for payload in chunks:
-            chunk = ChatCompletionChunk.model_validate_json(payload)
+        async for chunk in chunks:
             usage = chunk.usage or usage
             for choice in chunk.choices:
                 finish_reason = choice.finish_reason or finish_reason

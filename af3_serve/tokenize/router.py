@@ -77,12 +77,5 @@ async def detokenize(
     body: DetokenizeRequest, runtime: Annotated[Runtime, Depends(get_runtime)]
 ) -> DetokenizeResponse:
     runtime.models.is_think(body.model or runtime.models.base)
-    tokenizer = runtime.inputs.tokenizer
-    if unknown := [t for t in body.tokens if t >= len(tokenizer)]:
-        raise APIError(
-            400,
-            f"Token ids {unknown[:5]} are past the vocabulary ({len(tokenizer)} tokens).",
-            param="tokens",
-            code="invalid_token_id",
-        )
-    return DetokenizeResponse(prompt=tokenizer.decode(body.tokens))
+    runtime.inputs.check_token_ids(body.tokens, "tokens")
+    return DetokenizeResponse(prompt=runtime.inputs.tokenizer.decode(body.tokens))
