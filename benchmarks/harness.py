@@ -336,8 +336,8 @@ def speech_clip(seconds: float, seed: int = 0, sample: np.ndarray | None = None)
     return np.concatenate(parts)[:n].astype(np.float32)
 
 
-def wav_bytes(audio: np.ndarray) -> bytes:
-    """A 16 kHz mono 16-bit PCM WAV file of float samples in [-1, 1]."""
+def wav_bytes(audio: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
+    """A mono 16-bit PCM WAV file (16 kHz unless `rate`) of float samples in [-1, 1]."""
     import io
 
     pcm = np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2")
@@ -345,7 +345,7 @@ def wav_bytes(audio: np.ndarray) -> bytes:
     with wave.open(buffer, "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)
-        f.setframerate(SAMPLE_RATE)
+        f.setframerate(rate)
         f.writeframes(pcm.tobytes())
     return buffer.getvalue()
 
