@@ -177,9 +177,13 @@ async def cells(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
-def summarize(results: list[dict[str, Any]], turns: list[float]) -> list[dict[str, Any]]:
+def summarize(
+    results: list[dict[str, Any]], turns: list[float], turn_detection: str
+) -> list[dict[str, Any]]:
     """Per turn length and kind, realtime and REST side by side: median/min/max of each
-    time, and the realtime turns that timed out or saw errors."""
+    time (`speech_stopped` with server_vad only), and the realtime turns that timed out or
+    saw errors."""
+    skip = {"speech_stopped"} if turn_detection == "none" else set()
     rows = []
     for seconds in turns:
         for kind in KINDS:
@@ -188,7 +192,8 @@ def summarize(results: list[dict[str, Any]], turns: list[float]) -> list[dict[st
                 mine = [
                     c for c in results if (c["turn_s"], c["kind"], c["way"]) == (seconds, kind, way)
                 ]
-                row[way] = {m: spread([c[m] for c in mine]) for m in MEASURES[way, kind]}
+                measures = [m for m in MEASURES[way, kind] if m not in skip]
+                row[way] = {m: spread([c[m] for c in mine]) for m in measures}
                 if way == "realtime":
                     row[way]["timed_out"] = sum(c["timed_out"] for c in mine)
                     row[way]["with_errors"] = sum(bool(c["errors"]) for c in mine)
@@ -225,7 +230,7 @@ def main() -> None:
         results = asyncio.run(cells(server.url, args))
         result["client_cpu_share"] = load.share()
     result["load_average_at_end"] = os.getloadavg()
-    result["summary"] = summarize(results, args.turns)
+    result["summary"] = summarize(results, args.turns, args.turn_detection)
     longest = [
         c["first_transcription_delta"]
         for c in results
