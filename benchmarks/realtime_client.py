@@ -60,6 +60,11 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def server_log(out: Path) -> Path:
+    """Where the server's log goes: beside the result (`x.json` -> `x.server.log`)."""
+    return out.with_suffix(".server.log")
+
+
 def start_server(args: argparse.Namespace, log: Path, *extra: str) -> harness.Server:
     """af3-serve as `args` say, healthy; `extra`: the script's own flags."""
     checkpoint = Path(args.checkpoint) if args.checkpoint else harness.bench_checkpoint(args.preset)

@@ -1,5 +1,7 @@
-"""End of speech to the answer on /v1/realtime, against the same audio sent by REST once
-the speech ended, in one run on one af3-serve.
+"""/v1/realtime: end of speech to the transcript and to the first answer token, against REST.
+
+The same audio sent by REST once the speech ended is the baseline, in the same run on the
+same af3-serve.
 
 Turns of `--turns` seconds of real speech, each streamed at real time (24-kHz PCM16 in
 100-ms appends, paced by the wall clock) into a new session of each kind, then silence at
@@ -28,8 +30,6 @@ cells alternate in order from round to round; each cell is reported as median/mi
 import argparse
 import asyncio
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,7 @@ from benchmarks.realtime_client import (
     pieces,
     rest_chat,
     rest_transcription,
+    server_log,
     session_config,
     signed,
     speech_turn,
@@ -155,14 +156,14 @@ async def cells(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=args.timeout
     )
     warm = speech_turn(3.0, seed=10**6)
-    for i, kind in enumerate(KINDS):
+    for i, kind in enumerate(args.kinds):
         await realtime_cell(client, kind, signed(warm, 2 * i), args)
         await rest_cell(client, kind, signed(warm, 2 * i + 1), args)
     out = []
     seed = 0
     for seconds in args.turns:
         for r in range(args.rounds):
-            for k, kind in enumerate(KINDS):
+            for k, kind in enumerate(args.kinds):
                 seed += 1
                 pcm = speech_turn(seconds, seed)
                 ways = ("realtime", "rest") if (r + k) % 2 == 0 else ("rest", "realtime")
@@ -177,16 +178,14 @@ async def cells(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
-def summarize(
-    results: list[dict[str, Any]], turns: list[float], turn_detection: str
-) -> list[dict[str, Any]]:
+def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Per turn length and kind, realtime and REST side by side: median/min/max of each
     time (`speech_stopped` with server_vad only), and the realtime turns that timed out or
     saw errors."""
-    skip = {"speech_stopped"} if turn_detection == "none" else set()
+    skip = {"speech_stopped"} if args.turn_detection == "none" else set()
     rows = []
-    for seconds in turns:
-        for kind in KINDS:
+    for seconds in args.turns:
+        for kind in args.kinds:
             row: dict[str, Any] = {"turn_s": seconds, "kind": kind}
             for way in ("realtime", "rest"):
                 mine = [
@@ -207,20 +206,22 @@ def main() -> None:
         "--turns", default="5,30,90", help="speech per turn, seconds, comma-separated"
     )
     parser.add_argument("--rounds", type=int, default=3, help="turns per length and kind")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="sessions, comma-separated")
     parser.add_argument("--turn-detection", choices=TURN_DETECTION, default="none")
     parser.add_argument("--max-output-tokens", type=int, default=32, help="conversation answers")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a turn may take")
     add_server_flags(parser)
     args = parser.parse_args()
     args.turns = [float(s) for s in args.turns.split(",")]
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        start_server(args, Path(tmp) / "server.log") as server,
-    ):
+    args.kinds = args.kinds.split(",")
+    if not set(args.kinds) <= set(KINDS):
+        parser.error(f"--kinds: of {', '.join(KINDS)}")
+    with start_server(args, server_log(args.out)) as server:
         result = measured_on(args, server)
         result["workload"] = {
             "turns_s": args.turns,
             "rounds": args.rounds,
+            "kinds": args.kinds,
             "turn_detection": args.turn_detection,
             "audio": f"real speech, PCM16 at {RATE} Hz, 100-ms appends at real time",
             "instructions": INSTRUCTIONS,
@@ -230,7 +231,7 @@ def main() -> None:
         results = asyncio.run(cells(server.url, args))
         result["client_cpu_share"] = load.share()
     result["load_average_at_end"] = os.getloadavg()
-    result["summary"] = summarize(results, args.turns, args.turn_detection)
+    result["summary"] = summarize(results, args)
     longest = [
         c["first_transcription_delta"]
         for c in results

@@ -1,5 +1,4 @@
-"""Many realtime transcription sessions at once on one af3-serve, and what they do to REST
-requests beside them.
+"""/v1/realtime: many transcription sessions at once, and the REST latency beside them.
 
 `--sessions` transcription sessions open one after another over `--stagger` seconds; each
 streams `--turns` turns of `--turn-seconds` of real speech at real time (24-kHz PCM16 in
@@ -20,9 +19,7 @@ baseline.
 import argparse
 import asyncio
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -47,6 +44,7 @@ from benchmarks.realtime_client import (
     listening,
     pieces,
     rest_chat,
+    server_log,
     session_config,
     signed,
     speech_turn,
@@ -94,11 +92,12 @@ async def session(
             lag = mic.lag_s
     except Exception as exc:  # a session that broke is a result, not the end of the run
         failure = f"{type(exc).__name__}: {exc}"
-    latencies = [turn_timing(events, end)["transcription_completed"] for end in ends]
+    timings = [turn_timing(events, end) for end in ends]
     return {
         "session": index,
         "turns_spoken": len(ends),
-        "eos_to_completed_s": latencies,
+        "eos_to_completed_s": [t["transcription_completed"] for t in timings],
+        "eos_to_speech_stopped_s": [t["speech_stopped"] for t in timings],
         **check_order(events),
         "errors": errors(events),
         "timed_out": not finished and failure is None,
@@ -170,7 +169,10 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     stop.set()
     during = await prober
     await client.close()
-    latencies = [x for s in sessions for x in s["eos_to_completed_s"] if x is not None]
+
+    def every(key: str) -> list[float]:
+        return [x for s in sessions for x in s[key] if x is not None]
+
     checks = ("missing", "repeated", "unknown", "out_of_order")
     return {
         "sessions_wall_s": round(wall, 1),
@@ -189,7 +191,8 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
                 x is None for s in sessions for x in s["eos_to_completed_s"]
             ),
         },
-        "eos_to_completed_s": tail(latencies),
+        "eos_to_completed_s": tail(every("eos_to_completed_s")),
+        "eos_to_speech_stopped_s": tail(every("eos_to_speech_stopped_s")),
         "probe_alone": probe_summary(baseline),
         "probe_during_sessions": probe_summary(during),
         "probes": {"alone": baseline, "during_sessions": during},
@@ -215,10 +218,7 @@ def main() -> None:
     args = parser.parse_args()
     limits = ("--max-realtime-sessions-per-key", str(args.sessions + 1))
     limits += ("--max-realtime-sessions", str(max(64, args.sessions + 1)))
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        start_server(args, Path(tmp) / "server.log", *limits) as server,
-    ):
+    with start_server(args, server_log(args.out), *limits) as server:
         result = measured_on(args, server)
         result["workload"] = {
             "sessions": args.sessions,
