@@ -98,7 +98,8 @@ def test_server_vad_hears_turns_across_appends(speech: np.ndarray) -> None:
     assert padded[0].audio_ms == start + 300
     assert abs((padded[1].audio_ms - 800) - (stop - 500)) < 32  # whole frames of silence
     # A longer silence_duration_ms keeps the 1-s pause inside one turn.
-    assert [b.kind for b in heard(audio, 0.1, silence_duration_ms=1200)] == ["started", "stopped"]
+    longer = np.concatenate([audio, silence])
+    assert [b.kind for b in heard(longer, 0.1, silence_duration_ms=1200)] == ["started", "stopped"]
     # A detector set mid-session counts from the audio before it.
     shifted = heard(audio, 0.1, origin_ms=2500.0)
     assert shifted == [SpeechBoundary(b.kind, b.audio_ms + 2500) for b in turns]
