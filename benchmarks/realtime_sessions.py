@@ -192,7 +192,11 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
             ),
         },
         "eos_to_completed_s": tail(every("eos_to_completed_s")),
-        "eos_to_speech_stopped_s": tail(every("eos_to_speech_stopped_s")),
+        **(
+            {"eos_to_speech_stopped_s": tail(every("eos_to_speech_stopped_s"))}
+            if args.turn_detection == "server_vad"
+            else {}
+        ),
         "probe_alone": probe_summary(baseline),
         "probe_during_sessions": probe_summary(during),
         "probes": {"alone": baseline, "during_sessions": during},
