@@ -167,7 +167,8 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     client_cpu = load.share()
     stop.set()
-    during = await prober
+    # A probe that began after the last session ended measured nothing of them.
+    during = [p for p in await prober if p["at_s"] < wall]
     await client.close()
 
     def every(key: str) -> list[float]:
