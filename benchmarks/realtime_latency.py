@@ -171,7 +171,10 @@ async def cells(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                     run = realtime_cell if way == "realtime" else rest_cell
                     audio = signed(pcm, 2 * seed + (way == "rest"))
                     cell = {"turn_s": seconds, "round": r, "kind": kind, "way": way}
-                    cell |= await run(client, kind, audio, args)
+                    try:
+                        cell |= await run(client, kind, audio, args)
+                    except Exception as exc:  # kept as a result; the run goes on
+                        cell["failure"] = f"{type(exc).__name__}: {exc}"
                     print(cell, flush=True)
                     out.append(cell)
     await client.close()
@@ -192,10 +195,11 @@ def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> list[d
                     c for c in results if (c["turn_s"], c["kind"], c["way"]) == (seconds, kind, way)
                 ]
                 measures = [m for m in MEASURES[way, kind] if m not in skip]
-                row[way] = {m: spread([c[m] for c in mine]) for m in measures}
+                row[way] = {m: spread([c.get(m) for c in mine]) for m in measures}
+                row[way]["failed"] = sum("failure" in c for c in mine)
                 if way == "realtime":
-                    row[way]["timed_out"] = sum(c["timed_out"] for c in mine)
-                    row[way]["with_errors"] = sum(bool(c["errors"]) for c in mine)
+                    row[way]["timed_out"] = sum(c.get("timed_out", False) for c in mine)
+                    row[way]["with_errors"] = sum(bool(c.get("errors")) for c in mine)
             rows.append(row)
     return rows
 
@@ -233,7 +237,7 @@ def main() -> None:
     result["load_average_at_end"] = os.getloadavg()
     result["summary"] = summarize(results, args)
     longest = [
-        c["first_transcription_delta"]
+        c.get("first_transcription_delta")
         for c in results
         if c["way"] == "realtime" and c["turn_s"] == max(args.turns)
     ]
