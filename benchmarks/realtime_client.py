@@ -26,8 +26,8 @@ from benchmarks.harness import ENGINE, MODEL, SAMPLE_RATE
 
 RATE = 24000  # OpenAI's realtime PCM rate
 CHUNK_S = 0.1  # one append: what a client's audio callback hands over
-# The speech sample is silent before 8 s and has no pause of 0.5 s after it (at most
-# 0.26 s by af3-serve's own detector): its speech, repeated, is one unbroken turn.
+# The speech sample is silent before 8 s and speaks after it with short pauses (at most
+# 0.26 s in af3-serve's regions, but a turn may begin at one: see `speech_turn`).
 SPEECH_FROM_S = 8.0
 SERVER_VAD = {"type": "server_vad", "silence_duration_ms": 500, "create_response": True}
 TURN_DETECTION = ("none", "server_vad")
