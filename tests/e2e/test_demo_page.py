@@ -337,6 +337,25 @@ def test_live_mode_shows_the_server_vad_events_in_chromium(browser, server) -> N
     page.close()
 
 
+def test_live_mode_refused_says_why_and_lets_the_microphone_go(browser, server) -> None:
+    """A key the socket refuses: the server's error event is shown, its close ends live
+    mode and the microphone."""
+    from playwright.sync_api import expect
+
+    page = open_live_page(browser, server)
+    # Changed under the page (as a key revoked meanwhile): typing it would make the page
+    # list the models again, which fails before live mode starts.
+    page.eval_on_selector("#api-key", "input => { input.value = 'not-the-key'; }")
+    page.click("#live")
+    expect(page.locator("#error")).to_have_text(
+        "Missing or invalid API key. Enter the server's API key above."
+    )
+    expect(page.locator("#live")).to_have_text("Live")
+    expect(page.locator("#live-status")).to_be_hidden()
+    assert page.evaluate(TRACKS_ENDED)
+    page.close()
+
+
 @pytest.fixture(scope="module")
 def spoken_turn(espeak_wav, tmp_path_factory) -> Path:
     """The microphone's file: half a second of silence, an espeak-ng sentence, then 30 s
