@@ -400,8 +400,8 @@ def test_live_mode_transcribes_and_answers_a_spoken_turn(talking_browser, server
     def seen(kind: str) -> list[dict]:
         return [e for e in received if e["type"] == kind]
 
-    def settled() -> bool:  # the first answer done, or an error to show
-        return bool(seen("response.done") or seen("error"))
+    def settled() -> bool:  # the first turn transcribed and answered, or an error
+        return bool((seen("response.done") and seen(COMPLETED)) or seen("error"))
 
     wait_until(page, settled, "answer")
     errors = seen("error")
@@ -418,10 +418,15 @@ def test_live_mode_transcribes_and_answers_a_spoken_turn(talking_browser, server
     assert transcript[0]["transcript"]
     user = page.locator(".turn.user.live .text")
     expect(user.first).to_have_text(transcript[0]["transcript"])
+    assert user.first.text_content() == transcript[0]["transcript"]  # whitespace too
     answer = seen("response.output_text.done")[0]["text"]
     assert answer
-    expect(page.locator(".turn.assistant.live .answer").first).to_have_text(answer)
+    shown = page.locator(".turn.assistant.live .answer").first
+    expect(shown).to_have_text(answer)
+    assert shown.text_content() == answer
     expect(page.locator(".turn.assistant.live .usage").first).to_contain_text(" audio)")
+    order = page.locator(".turn.live").evaluate_all("ts => ts.map(t => t.className)")
+    assert order[:2] == ["turn user live", "turn assistant live"]
     expect(page.locator("#error")).to_be_hidden()
 
     with sockets[0].expect_event("close"):
