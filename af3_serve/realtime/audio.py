@@ -65,6 +65,9 @@ class InputFormat:
         return {"type": self.type}
 
 
+WAV_HEADER_BYTES = 44  # `wav`'s header: its PCM follows
+
+
 def wav(pcm16: bytes, rate: int) -> bytes:
     """A mono 16-bit PCM WAV file around `pcm16`."""
     header = struct.pack(

@@ -120,6 +120,12 @@ class ResponseCancel(ClientEvent):
     response_id: str | None = None
 
 
+class ItemReference(ClientEvent):
+    """`conversation.item.delete`, `.retrieve` and `.truncate`: the item they name."""
+
+    item_id: str
+
+
 # Server events ------------------------------------------------------------------------
 
 
@@ -180,6 +186,7 @@ class ItemContent(BaseModel):
     type: Literal["input_audio", "input_text", "output_text"]
     text: str | None = None
     transcript: str | None = None
+    audio: str | None = None  # base64, in `conversation.item.retrieved` only
 
 
 class Item(BaseModel):
@@ -195,6 +202,16 @@ class ItemEvent(ServerEvent):
     type: Literal["conversation.item.added", "conversation.item.done"]
     item: Item
     previous_item_id: str | None = None
+
+
+class ItemDeleted(ServerEvent):
+    type: Literal["conversation.item.deleted"] = "conversation.item.deleted"
+    item_id: str
+
+
+class ItemRetrieved(ServerEvent):
+    type: Literal["conversation.item.retrieved"] = "conversation.item.retrieved"
+    item: Item
 
 
 class TranscriptionDelta(ServerEvent):

@@ -24,6 +24,7 @@ from af3_serve.edge.errors import APIError
 from af3_serve.inputs.media import b64decode
 from af3_serve.realtime.audio import (
     MIN_COMMIT_SECONDS,
+    WAV_HEADER_BYTES,
     AudioBuffer,
     InputFormat,
     wav,
@@ -39,7 +40,10 @@ from af3_serve.realtime.protocol import (
     Item,
     ItemContent,
     ItemCreate,
+    ItemDeleted,
     ItemEvent,
+    ItemReference,
+    ItemRetrieved,
     OutputItemEvent,
     Part,
     Response,
@@ -82,15 +86,18 @@ class ConversationItem:
     parts: list[tuple[str, str | bytes]]  # ("text", str) or ("audio", wav bytes)
     transcript: str | None = None
 
-    def shown(self) -> Item:
-        content = [
-            ItemContent(type="input_audio", transcript=self.transcript)
-            if kind == "audio"
-            else ItemContent(
-                type="output_text" if self.role == "assistant" else "input_text", text=value
-            )
-            for kind, value in self.parts
-        ]
+    def shown(self, audio: bool = False) -> Item:
+        """The item as OpenAI shows it; `audio`: with its audio (16-bit PCM, base64)."""
+        content = []
+        for _, value in self.parts:
+            if isinstance(value, bytes):
+                pcm = base64.b64encode(value[WAV_HEADER_BYTES:]).decode() if audio else None
+                content.append(
+                    ItemContent(type="input_audio", transcript=self.transcript, audio=pcm)
+                )
+            else:
+                text_type = "output_text" if self.role == "assistant" else "input_text"
+                content.append(ItemContent(type=text_type, text=value))
         return Item(id=self.id, role=self.role, content=content)  # type: ignore[arg-type]
 
 
@@ -227,6 +234,9 @@ class RealtimeSession:
             "conversation.item.create": (ItemCreate, self.create_item),
             "response.create": (ResponseCreate, self.create_response),
             "response.cancel": (ResponseCancel, self.cancel_response),
+            "conversation.item.delete": (ItemReference, self.delete_item),
+            "conversation.item.retrieve": (ItemReference, self.retrieve_item),
+            "conversation.item.truncate": (ItemReference, self.truncate_item),
         }
 
     async def update(self, event: SessionUpdate) -> None:
@@ -444,6 +454,36 @@ class RealtimeSession:
         self.last_item_id = item.id
         for kind in ("conversation.item.added", "conversation.item.done"):
             await self.send(ItemEvent(type=kind, item=item.shown(), previous_item_id=previous))
+
+    def _item(self, item_id: str) -> ConversationItem:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        raise _invalid(
+            f"The conversation has no item with id '{item_id}'.",
+            param="item_id",
+            code="item_not_found",
+        )
+
+    async def delete_item(self, event: ItemReference) -> None:
+        """The item leaves the conversation: later responses no longer hear it."""
+        self.items.remove(self._item(event.item_id))
+        if self.settings.type == "realtime":
+            self.last_item_id = self.items[-1].id if self.items else None
+        await self.send(ItemDeleted(item_id=event.item_id))
+
+    async def retrieve_item(self, event: ItemReference) -> None:
+        """The item as the server holds it, its audio (as committed) included."""
+        await self.send(ItemRetrieved(item=self._item(event.item_id).shown(audio=True)))
+
+    async def truncate_item(self, event: ItemReference) -> None:
+        self._item(event.item_id)
+        raise _invalid(
+            "conversation.item.truncate cuts an assistant's audio; af3-serve answers in text "
+            "only, so there is no audio to truncate.",
+            param="item_id",
+            code="unsupported_modality",
+        )
 
     async def create_response(self, event: ResponseCreate) -> None:
         if self.settings.type != "realtime":

@@ -8,6 +8,7 @@ import base64
 import json
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from websockets.asyncio.client import connect
@@ -153,3 +154,98 @@ async def test_browser_key_refusals_and_a_dropped_socket(server, speech) -> None
     assert wait_for(lambda: metric(server, "af3_requests_in_flight") == 0)
     assert finished(server) == finished_before  # aborted, not run to its end
     assert metric(server, "af3_realtime_sessions_open") == 0
+
+
+def turns_with_pauses(speech, seconds: list[float]) -> np.ndarray:  # noqa: ANN001
+    """A second of silence, then turns of speech each followed by 1.5 s of silence."""
+    pieces = [np.zeros(24000, np.float32)]
+    for length in seconds:
+        pieces += [at_24k(speech, length), np.zeros(36000, np.float32)]
+    return np.concatenate(pieces)
+
+
+async def stream(conn, audio: np.ndarray, chunk_s: float = 0.1) -> None:  # noqa: ANN001
+    data, step = pcm16(audio), int(chunk_s * 24000) * 2
+    for i in range(0, len(data), step):
+        await conn.input_audio_buffer.append(audio=base64.b64encode(data[i : i + step]).decode())
+
+
+@pytest.mark.asyncio
+async def test_server_vad_turns_equal_rest(rt_client, speech) -> None:
+    """The server hears two turns in a stream and commits each; each transcript equals the
+    REST transcription of the span its events name (prefix padding to the silence's end)."""
+    audio = turns_with_pauses(speech, [5.0, 3.0])
+    vad = {"type": "server_vad", "silence_duration_ms": 500, "prefix_padding_ms": 300}
+    async with rt_client.realtime.connect(
+        model=MODEL, extra_query={"intent": "transcription"}
+    ) as conn:
+        await conn.recv()
+        await conn.session.update(
+            session={"type": "transcription", "audio": {"input": {"turn_detection": vad}}}
+        )
+        assert (await conn.recv()).type == "session.updated"
+        await stream(conn, audio)
+        events = await until(conn, COMPLETED)
+        events += await until(conn, COMPLETED)
+    spans = {e.item_id: [e.audio_start_ms] for e in events if e.type.endswith("speech_started")}
+    for e in events:
+        if e.type.endswith("speech_stopped"):
+            spans[e.item_id].append(e.audio_end_ms)
+    done = [e for e in events if e.type == COMPLETED]
+    assert len(spans) == len(done) == 2
+    for turn in done:
+        start, end = spans[turn.item_id]
+        rest = await rt_client.audio.transcriptions.create(
+            model=MODEL, file=("turn.wav", encode(audio[start * 24 : end * 24], rate=24000))
+        )
+        assert turn.transcript == rest.text
+
+
+@pytest.mark.asyncio
+async def test_long_turn_text_arrives_while_spoken(rt_client, speech) -> None:
+    """A 75-s turn: its first windows' text comes before the speaker stops, and the whole
+    transcript still equals REST's of the turn (the pieces were planned as the whole)."""
+    audio = at_24k(speech, 75.0)
+    async with rt_client.realtime.connect(
+        model=MODEL, extra_query={"intent": "transcription"}
+    ) as conn:
+        await conn.recv()
+        await stream(conn, audio[: 50 * 24000], chunk_s=1.0)
+        early = await until(conn, "conversation.item.input_audio_transcription.delta")
+        await stream(conn, audio[50 * 24000 :], chunk_s=1.0)
+        await conn.input_audio_buffer.commit()
+        events = early + await until(conn, COMPLETED)
+    done = events[-1]
+    deltas = [e for e in events if e.type.endswith("transcription.delta")]
+    assert {e.item_id for e in deltas} == {done.item_id}
+    assert "".join(e.delta for e in deltas) == done.transcript
+    rest = await rt_client.audio.transcriptions.create(
+        model=MODEL, file=("turn.wav", encode(audio, rate=24000))
+    )
+    assert done.transcript == rest.text
+
+
+@pytest.mark.asyncio
+async def test_server_vad_answers_a_turn(rt_client, speech) -> None:
+    vad = {"type": "server_vad", "create_response": True}
+    async with rt_client.realtime.connect(model=MODEL) as conn:
+        await conn.recv()
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "max_output_tokens": 8,
+                "audio": {"input": {"turn_detection": vad}},
+            }
+        )
+        assert (await conn.recv()).type == "session.updated"
+        await stream(conn, turns_with_pauses(speech, [3.0]))
+        events = await until(conn, "response.done")
+    kinds = [e.type for e in events]
+    assert kinds[:4] == [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "conversation.item.added",
+    ]
+    assert "response.created" in kinds and events[-1].response.status in ("completed", "incomplete")
+    assert events[-1].response.usage.input_token_details.audio_tokens > 0

@@ -538,3 +538,37 @@ async def test_server_vad_answers_each_turn_and_speech_interrupts(api: InProcess
     assert "input_audio_buffer.speech_started" in types(events)
     assert events[-1]["response"]["status"] == "cancelled"
     assert api.engine.aborted
+
+
+@pytest.mark.asyncio
+async def test_items_retrieved_deleted_and_not_truncated(api: InProcess, speech) -> None:
+    """An audio item comes back with the audio committed; a deleted item leaves what later
+    responses hear; unknown items and truncation get error events."""
+    audio = at_24k(speech, 1.0)
+    async with realtime_socket(api.app, f"model={MODEL}") as ws:
+        await conversation(ws)
+        await send_turn(ws, audio)
+        events = checked(await ws.recv_until("conversation.item.done"))
+        audio_id = events[0]["item_id"]
+        text = {"type": "input_text", "text": "Say nothing about zebras."}
+        item = {"type": "message", "role": "user", "content": [text]}
+        await ws.send({"type": "conversation.item.create", "item": item})
+        text_id = checked(await ws.recv_until("conversation.item.done"))[-1]["item"]["id"]
+        await ws.send({"type": "conversation.item.retrieve", "item_id": audio_id})
+        retrieved = checked([await ws.recv()])[0]
+        assert retrieved["type"] == "conversation.item.retrieved"
+        assert base64.b64decode(retrieved["item"]["content"][0]["audio"]) == pcm16(audio)
+        await ws.send({"type": "conversation.item.delete", "item_id": text_id})
+        deleted = checked([await ws.recv()])[0]
+        assert deleted == {**deleted, "type": "conversation.item.deleted", "item_id": text_id}
+        for kind in ("retrieve", "delete"):
+            await ws.send({"type": f"conversation.item.{kind}", "item_id": text_id})
+            error = checked([await ws.recv()])[0]
+            assert error["error"]["code"] == "item_not_found"
+        truncate = {"item_id": audio_id, "content_index": 0, "audio_end_ms": 100}
+        await ws.send({"type": "conversation.item.truncate", **truncate})
+        assert checked([await ws.recv()])[0]["error"]["code"] == "unsupported_modality"
+        await ws.send({"type": "response.create", "response": {"max_output_tokens": 2}})
+        checked(await ws.recv_until("response.done"))
+    (prompt,) = list(api.engine.prompts.values())
+    assert "zebras" not in api.engine.tokenizer.decode(prompt)

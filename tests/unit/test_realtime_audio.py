@@ -1,6 +1,6 @@
 """A realtime session's input audio: the WAV a commit makes decodes to exactly the samples of
-the same audio uploaded as a file; G.711 as the standard's tables; the buffer's bound; turn
-detection refused until a detector exists."""
+the same audio uploaded as a file; G.711 as the standard's tables; the buffer's bound and
+its timeline; server VAD on real speech."""
 
 import io
 
@@ -13,7 +13,8 @@ from af3_serve.inputs.audio import AudioLimits, decode_audio
 from af3_serve.inputs.media import b64decode
 from af3_serve.realtime.audio import AudioBuffer, InputFormat
 from af3_serve.realtime.protocol import AudioFormat, TurnDetection
-from af3_serve.realtime.turns import turn_detector
+from af3_serve.realtime.turns import ServerVad, SpeechBoundary, turn_detector
+from tests.support.audio_files import at_24k, pcm16
 
 LIMITS = AudioLimits(600.0, 2**30)
 
@@ -58,10 +59,69 @@ def test_buffer_bound_and_odd_pcm() -> None:
         b64decode("not base64!", "audio")
 
 
-def test_turn_detection() -> None:
-    assert turn_detector(None) is None
-    for kind in ("server_vad", "semantic_vad"):
+def test_turn_detection_settings() -> None:
+    assert turn_detector(None, 0.0) is None
+    detector = turn_detector(TurnDetection(type="server_vad"), 0.0)
+    assert isinstance(detector, ServerVad)
+    c = detector.config  # OpenAI's defaults
+    assert (c.threshold, c.prefix_padding_ms, c.silence_duration_ms) == (0.5, 300, 500)
+    assert c.create_response and c.interrupt_response
+    refusals = [
+        (TurnDetection(type="semantic_vad"), "unsupported_turn_detection"),
+        (TurnDetection(type="server_vad", idle_timeout_ms=1000), "unsupported_turn_detection"),
+        (TurnDetection(type="push_to_talk"), "invalid_value"),
+    ]
+    for config, code in refusals:
         with pytest.raises(APIError) as refused:
-            turn_detector(TurnDetection(type=kind))
-        assert refused.value.code == "unsupported_turn_detection"
-        assert kind in refused.value.message
+            turn_detector(config, 0.0)
+        assert refused.value.code == code
+
+
+def heard(audio: np.ndarray, chunk_s: float, origin_ms: float = 0.0, **settings: int) -> list:
+    detector = ServerVad(TurnDetection(type="server_vad", **settings), origin_ms)
+    data, step = pcm16(audio), max(int(chunk_s * 24000) * 2, 2)
+    return [b for i in range(0, len(data), step) for b in detector.feed(data[i : i + step], 24000)]
+
+
+def test_server_vad_hears_turns_across_appends(speech: np.ndarray) -> None:
+    """1 s of silence, 3 s of speech, a 1-s pause, 2 s of speech, 1 s of silence: two turns,
+    whatever the appends' sizes (the model's state goes on across them)."""
+    silence = np.zeros(24000, np.float32)
+    audio = np.concatenate([silence, at_24k(speech, 3.0), silence, at_24k(speech, 2.0), silence])
+    turns = heard(audio, 0.1)
+    assert [b.kind for b in turns] == ["started", "stopped", "started", "stopped"]
+    assert heard(audio, 0.02) == heard(audio, 7.0) == turns
+    start, stop = turns[0].audio_ms, turns[1].audio_ms
+    assert 1000 - 300 - 32 <= start <= 1000 and 4000 + 500 <= stop <= 5000
+    # The turn's start includes the prefix padding; its end, the silence that ended it.
+    padded = heard(audio, 0.1, prefix_padding_ms=0, silence_duration_ms=800)
+    assert padded[0].audio_ms == start + 300
+    assert abs((padded[1].audio_ms - 800) - (stop - 500)) < 32  # whole frames of silence
+    # A longer silence_duration_ms keeps the 1-s pause inside one turn.
+    longer = np.concatenate([audio, silence])
+    assert [b.kind for b in heard(longer, 0.1, silence_duration_ms=1200)] == ["started", "stopped"]
+    # A detector set mid-session counts from the audio before it.
+    shifted = heard(audio, 0.1, origin_ms=2500.0)
+    assert shifted == [SpeechBoundary(b.kind, b.audio_ms + 2500) for b in turns]
+
+
+def test_server_vad_hears_nothing_in_silence_and_noise() -> None:
+    rng = np.random.default_rng(0)
+    quiet = (rng.standard_normal(24000 * 3) * 0.001).astype(np.float32)
+    assert heard(quiet, 0.1) == []
+
+
+def test_buffer_timeline() -> None:
+    """Positions are ms of all the audio appended; a commit up to a position keeps the rest."""
+    buffer = AudioBuffer(10.0)  # 24-kHz PCM: 48 bytes a millisecond
+    buffer.append(bytes(48 * 1000))
+    buffer.drop_before(700)
+    assert (buffer.start_ms, buffer.end_ms, buffer.size) == (700, 1000, 48 * 300)
+    buffer.append(bytes(range(256)) * 48 * 5)  # 1280 ms more
+    wav = buffer.take(until_ms=1500)
+    assert len(wav) == 44 + 48 * 800
+    assert (buffer.start_ms, buffer.end_ms) == (1500, 2280)
+    buffer.drop_before(100)  # before the start: nothing to drop
+    assert buffer.start_ms == 1500
+    buffer.clear()
+    assert (buffer.start_ms, buffer.size) == (2280, 0)
