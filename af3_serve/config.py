@@ -92,7 +92,8 @@ class ServerSettings:
     wait for its earlier ones, so requests that arrive after it are not starved."""
     vad_workers: int = 2
     """Processes that run the voice-activity detector for the transcription endpoints
-    (about 1/450 of the audio's duration in CPU; a long file's blocks are shared out)."""
+    (about 1/450 of the audio's duration in CPU; a long file's blocks are shared out), and
+    as many threads for realtime sessions' server_vad."""
     max_audios_per_request: int = MAX_AUDIOS_PER_PROMPT
     """Audios one request may carry (the engine's per-prompt limit)."""
     max_request_bytes: int = 128 * 2**20

@@ -73,6 +73,9 @@ class InputPreparer:
         self.voice = VoiceActivity(config.vad_workers)
         # Decoding runs here, off the event loop; libsndfile and soxr release the GIL.
         self.decode_pool = ThreadPoolExecutor(config.audio_decode_workers, "af3-decode")
+        # Live turn detection (realtime sessions' appends, a few ms each) has threads of its
+        # own, so a long file's decode never delays hearing that a speaker stopped.
+        self.turn_pool = ThreadPoolExecutor(config.vad_workers, "af3-turns")
 
     async def decode(self, data: bytes, param: str, ticket: Ticket) -> np.ndarray:
         """Reserve the audio's seconds from its header (refusing cheaply when the backlog
@@ -124,10 +127,11 @@ class InputPreparer:
         metrics.AUDIO_DECODE_SECONDS.observe(time.perf_counter() - start)
         metrics.AUDIO_SECONDS.inc(seconds)
 
-    async def off_loop(self, work: Callable[..., T], *args: Any) -> T:
+    async def off_loop(self, work: Callable[..., T], *args: Any, live: bool = False) -> T:
         """CPU work of a request (decoding, tokenizing, voice activity) in the decode
-        workers."""
-        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, work, *args)
+        workers; `live`: a realtime session's turn detection, in the turn threads."""
+        pool = self.turn_pool if live else self.decode_pool
+        return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
 
     async def load_audios(self, refs: list[AudioRef], ticket: Ticket) -> list[np.ndarray]:
         if len(refs) > self.max_audios:
@@ -262,6 +266,7 @@ class InputPreparer:
 
     async def aclose(self) -> None:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.turn_pool.shutdown(wait=False, cancel_futures=True)
         await self.voice.aclose()
 
 

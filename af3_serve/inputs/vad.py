@@ -82,21 +82,31 @@ def block_probabilities(pcm: np.ndarray, skip: int) -> np.ndarray:
     """Silero's speech probability of each 512-sample frame of 16-kHz int16 PCM (the last
     frame zero-padded), from a fresh state, as silero's own `OnnxWrapper` computes them;
     the first `skip` frames are left out."""
-    session = _session()
     audio = pcm.astype(np.float32) * np.float32(1 / 32768)
     if audio.size % FRAME:
         audio = np.pad(audio, (0, FRAME - audio.size % FRAME))
-    frames = audio.size // FRAME
-    probs = np.empty(frames, np.float32)
-    x = np.zeros((1, _CONTEXT + FRAME), np.float32)  # the frame after its context
-    state = np.zeros((2, 1, 128), np.float32)
-    rate = np.array(SAMPLE_RATE, np.int64)
-    for i in range(frames):
-        x[0, :_CONTEXT] = x[0, -_CONTEXT:]
-        x[0, _CONTEXT:] = audio[i * FRAME : (i + 1) * FRAME]
-        out, state = session.run(None, {"input": x, "state": state, "sr": rate})
-        probs[i] = out[0, 0]
-    return probs[skip:]
+    return SileroState().run(audio)[skip:]
+
+
+class SileroState:
+    """The model's state over a stream of frames: its recurrent state and the context (the
+    last 64 samples) the next frame is read with. One per block, or per live stream."""
+
+    def __init__(self) -> None:
+        self.x = np.zeros((1, _CONTEXT + FRAME), np.float32)  # the frame after its context
+        self.state = np.zeros((2, 1, 128), np.float32)
+
+    def run(self, audio: np.ndarray) -> np.ndarray:
+        """The probabilities of whole frames of 16-kHz float32 audio, continuing the state."""
+        session = _session()
+        rate = np.array(SAMPLE_RATE, np.int64)
+        probs = np.empty(audio.size // FRAME, np.float32)
+        for i in range(probs.size):
+            self.x[0, :_CONTEXT] = self.x[0, -_CONTEXT:]
+            self.x[0, _CONTEXT:] = audio[i * FRAME : (i + 1) * FRAME]
+            out, self.state = session.run(None, {"input": self.x, "state": self.state, "sr": rate})
+            probs[i] = out[0, 0]
+        return probs
 
 
 def blocks(n: int) -> list[tuple[int, int, int]]:

@@ -87,17 +87,27 @@ def wav(pcm16: bytes, rate: int) -> bytes:
 
 
 class AudioBuffer:
-    """The uncommitted audio, in the session's format, bounded by `max_seconds`."""
+    """The uncommitted audio, in the session's format, bounded by `max_seconds`. Positions
+    are milliseconds of the session's audio timeline (all audio ever appended), as OpenAI's
+    `audio_start_ms`/`audio_end_ms`: the buffer holds [`start_ms`, `end_ms`)."""
 
     def __init__(self, max_seconds: float) -> None:
         self.max_seconds = max_seconds
         self.format = InputFormat()
-        self._chunks: list[bytes] = []
-        self.size = 0
+        self._data = bytearray()
+        self.start_ms = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
 
     @property
     def seconds(self) -> float:
         return self.size / self.format.bytes_per_second
+
+    @property
+    def end_ms(self) -> float:
+        return self.start_ms + 1000 * self.seconds
 
     def append(self, data: bytes) -> None:
         """Takes `data` whole, or refuses it whole when the buffer would pass its bound."""
@@ -116,15 +126,33 @@ class AudioBuffer:
                 param="audio",
                 code="input_audio_buffer_full",
             )
-        self._chunks.append(data)
-        self.size += len(data)
+        self._data += data
 
-    def take(self) -> bytes:
-        """The buffered audio as a WAV file; the buffer is left empty."""
-        data = self.format.pcm16(b"".join(self._chunks))
-        self.clear()
+    def _offset(self, ms: float) -> int:
+        """The byte offset of timeline position `ms`, on a sample, within the buffer."""
+        width = 2 if self.format.type == "audio/pcm" else 1
+        samples = int((ms - self.start_ms) * self.format.rate / 1000)
+        return min(max(samples * width, 0), self.size)
+
+    def drop_before(self, ms: float) -> None:
+        """Forgets the audio before `ms` (before a turn's start, or its prefix padding)."""
+        self._drop(self._offset(ms))
+
+    def _drop(self, cut: int) -> None:
+        del self._data[:cut]
+        self.start_ms += 1000 * cut / self.format.bytes_per_second
+
+    def peek(self) -> bytes:
+        """The buffered audio as a WAV file, left in the buffer."""
+        return wav(self.format.pcm16(bytes(self._data)), self.format.rate)
+
+    def take(self, until_ms: float | None = None) -> bytes:
+        """The audio before `until_ms` (all of it by default) as a WAV file, taken out of
+        the buffer; what follows stays."""
+        cut = self.size if until_ms is None else self._offset(until_ms)
+        data = self.format.pcm16(bytes(self._data[:cut]))
+        self._drop(cut)
         return wav(data, self.format.rate)
 
     def clear(self) -> None:
-        self._chunks = []
-        self.size = 0
+        self._drop(self.size)

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from af3_serve.edge.errors import APIError
 
+ENDPOINT = "realtime"  # the metrics' label of realtime engine work
+
 
 def new_id(prefix: str) -> str:
     """OpenAI's ids: `event_...`, `sess_...`, `item_...`, `resp_...`."""
@@ -36,8 +38,15 @@ class Transcription(Lenient):
 
 
 class TurnDetection(Lenient):
+    """`server_vad`'s settings, with OpenAI's defaults (`semantic_vad` is refused)."""
+
     type: str
-    create_response: bool | None = None
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    prefix_padding_ms: int = Field(300, ge=0, le=10_000)
+    silence_duration_ms: int = Field(500, ge=32, le=10_000)
+    create_response: bool = True
+    interrupt_response: bool = True  # speech heard during a response cancels it
+    idle_timeout_ms: int | None = None
 
 
 class AudioInput(Lenient):

@@ -6,23 +6,17 @@ transcription and a response run as tasks beside the socket, along `serving.py`'
 import asyncio
 import base64
 import contextlib
-import io
 import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import WebSocket
 from pydantic import BaseModel, ValidationError
-from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.exceptions import EngineDeadError
 
-from af3_model_executor.constants import SAMPLE_RATE
 from af3_serve import metrics
-from af3_serve.admission import Ticket
 from af3_serve.chat.protocol import ChatCompletionRequest
 from af3_serve.chat.serving import prepare_chat
 from af3_serve.chat.setup import ChatSetup
@@ -35,6 +29,7 @@ from af3_serve.realtime.audio import (
     wav,
 )
 from af3_serve.realtime.protocol import (
+    ENDPOINT,
     AudioAppend,
     BufferEvent,
     ClientEvent,
@@ -60,23 +55,18 @@ from af3_serve.realtime.protocol import (
     TextDelta,
     TextDone,
     Transcription,
-    TranscriptionCompleted,
-    TranscriptionDelta,
-    TranscriptionFailed,
     TurnDetection,
     new_id,
 )
-from af3_serve.realtime.turns import SpeechBoundary, TurnDetector, turn_detector
+from af3_serve.realtime.transcript import FIRST_PIECE_S, PIECE_EVERY_S, TurnTranscript
+from af3_serve.realtime.turns import ServerVad, SpeechBoundary, turn_detector
 from af3_serve.runtime import Runtime
-from af3_serve.serving import ServedRequest, engine_dead_error
-from af3_serve.speech.protocol import LANGUAGES, TranscriptionTextDone
-from af3_serve.speech.segmentation import Window, plan_windows
-from af3_serve.speech.serving import MAX_TOKENS_PER_WINDOW, SpeechAnswer, instruction
+from af3_serve.serving import engine_dead_error
+from af3_serve.speech.protocol import LANGUAGES
 
 # Larger client events are refused with an error event (below uvicorn's 16 MiB frame cap,
 # which would close the socket instead): 8 MiB of base64 is ~2 min of 24-kHz PCM.
 MAX_EVENT_BYTES = 8 * 2**20
-ENDPOINT = "realtime"  # the metrics' label of realtime engine work
 
 
 def _invalid(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
@@ -112,7 +102,7 @@ class Settings:
     max_output_tokens: int | str = "inf"
     transcription: Transcription | None = None
     turn_detection: TurnDetection | None = None  # None: the client commits
-    detector: TurnDetector | None = None
+    detector: ServerVad | None = None
 
 
 class RealtimeSession:
@@ -137,6 +127,10 @@ class RealtimeSession:
         self.items: list[ConversationItem] = []
         self.last_item_id: str | None = None
         self.next_item_id: str | None = None  # named when a detector hears speech start
+        # The turn being spoken, when its transcription has begun before its commit, and
+        # the last committed turn's transcription (the next one's events wait for it).
+        self.turn: tuple[TurnTranscript, asyncio.Task] | None = None
+        self.last_turn: asyncio.Task | None = None
         self.tasks: set[asyncio.Task] = set()
         self.response: tuple[str, asyncio.Task] | None = None
         # What the session did, for its access-log line: turns, audio_seconds, responses,
@@ -265,7 +259,7 @@ class RealtimeSession:
                     self._check_transcription(transcription)
             if "turn_detection" in audio_input.model_fields_set:
                 detection = audio_input.turn_detection
-                detector = turn_detector(detection)
+                detector = turn_detector(detection, self.buffer.end_ms)
         if kind == "transcription" and transcription is None:
             transcription = Transcription(model=self.runtime.models.base)
         s.type, s.model, s.transcription = kind, model, transcription
@@ -295,31 +289,70 @@ class RealtimeSession:
         self.buffer.append(data)
         if (detector := self.settings.detector) is not None:
             fmt = self.buffer.format
-            for boundary in detector.feed(fmt.pcm16(data), fmt.rate):
+            heard = await self.runtime.inputs.off_loop(
+                detector.feed, fmt.pcm16(data), fmt.rate, live=True
+            )
+            for boundary in heard:
                 await self._boundary(boundary)
+            if not detector.speaking:  # between turns only the prefix padding is kept
+                self.buffer.drop_before(self.buffer.end_ms - detector.config.prefix_padding_ms)
+                return
+        self._offer_turn()
+
+    def _offer_turn(self) -> None:
+        """A long turn's finished windows are transcribed while it is still spoken."""
+        seconds = self.buffer.seconds
+        if self.settings.transcription is None or seconds < FIRST_PIECE_S:
+            return
+        if self.turn is None:
+            self.turn = self._turn_transcript()
+        if seconds - self.turn[0].offered_s >= PIECE_EVERY_S:
+            self.turn[0].offer(self.buffer.peek(), seconds)
+
+    def _turn_transcript(self) -> tuple[TurnTranscript, asyncio.Task]:
+        self.next_item_id = self.next_item_id or new_id("item")
+        transcription = self.settings.transcription or Transcription()
+        turn = TurnTranscript(
+            self.next_item_id, transcription, self.runtime, self.ws, self.send, self.last_turn
+        )
+        return turn, self._spawn(turn.run())
+
+    def _drop_turn(self) -> None:
+        if self.turn is not None:
+            self.turn[1].cancel()
+            self.turn = None
 
     async def _boundary(self, boundary: SpeechBoundary) -> None:
         """What a turn detector heard: speech started (the turn's item is named), or
         stopped (the turn is committed, and answered when the detection says so)."""
+        detection = self.settings.turn_detection
+        assert detection is not None
         if boundary.kind == "started":
+            self.buffer.drop_before(boundary.audio_ms)
+            self._drop_turn()
             self.next_item_id = new_id("item")
-            await self.send(
-                SpeechStarted(audio_start_ms=boundary.audio_ms, item_id=self.next_item_id)
-            )
+            start = round(self.buffer.start_ms)
+            await self.send(SpeechStarted(audio_start_ms=start, item_id=self.next_item_id))
+            if self.response is not None and detection.interrupt_response:
+                self.response[1].cancel()  # the user speaks over the answer
             return
         item_id = self.next_item_id or new_id("item")
         self.next_item_id = item_id
         await self.send(SpeechStopped(audio_end_ms=boundary.audio_ms, item_id=item_id))
-        await self.commit(ClientEvent(type="input_audio_buffer.commit"))
-        detection = self.settings.turn_detection
-        if (
-            self.settings.type == "realtime"
-            and detection
-            and detection.create_response is not False
-        ):
+        try:
+            await self._commit(boundary.audio_ms)
+        except APIError as exc:
+            await self.error(exc)
+            return
+        if self.settings.type == "realtime" and detection.create_response:
             await self.create_response(ResponseCreate(type="response.create"))
 
     async def commit(self, event: ClientEvent) -> None:
+        await self._commit()
+
+    async def _commit(self, until_ms: float | None = None) -> None:
+        """The buffer's audio (before `until_ms`, for a turn the detector ended) becomes
+        the turn's item, transcribed when the session asks for it."""
         if self.buffer.seconds < MIN_COMMIT_SECONDS:
             raise _invalid(
                 f"Error committing input audio buffer: buffer too small. Expected at least "
@@ -329,9 +362,11 @@ class RealtimeSession:
             )
         if self.settings.type == "realtime":
             self._check_audio_room()
-        seconds = self.buffer.seconds
-        audio = self.buffer.take()
-        if self.settings.detector is not None:
+        start = self.buffer.start_ms
+        audio = self.buffer.take(until_ms)
+        seconds = self.buffer.start_ms - start
+        seconds /= 1000
+        if self.settings.detector is not None and until_ms is None:
             self.settings.detector.reset()
         self.counts["turns"] += 1
         self.counts["audio_seconds"] += seconds
@@ -346,7 +381,12 @@ class RealtimeSession:
         )
         await self._add_item(item, previous)
         if self.settings.transcription is not None:
-            self._spawn(self._transcribe(item, audio))
+            if self.turn is None or self.turn[1].done():
+                self.turn = self._turn_transcript()
+            turn, self.last_turn = self.turn
+            turn.item_id = item.id
+            turn.finish(audio)
+        self.turn = None
 
     def _check_audio_room(self) -> None:
         audios = sum(kind == "audio" for i in self.items for kind, _ in i.parts)
@@ -360,6 +400,7 @@ class RealtimeSession:
 
     async def clear(self, event: ClientEvent) -> None:
         self.buffer.clear()
+        self._drop_turn()
         self.next_item_id = None
         if self.settings.detector is not None:
             self.settings.detector.reset()
@@ -439,65 +480,6 @@ class RealtimeSession:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
-
-    async def _transcribe(self, item: ConversationItem, audio: bytes) -> None:
-        """The REST transcription of the turn's audio, as deltas and the whole."""
-        t = self.settings.transcription or Transcription()
-        runtime = self.runtime
-        conversation = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "audio"},
-                    {"type": "text", "text": instruction("transcribe", t.language, t.prompt)},
-                ],
-            }
-        ]
-        served = ServedRequest(runtime, self.ws, ENDPOINT)
-
-        async def prepare(ticket: Ticket) -> tuple[np.ndarray, list[Window]]:
-            # As an upload to the transcription endpoint: 16-bit PCM, cut at its pauses.
-            pcm = await runtime.inputs.decode_transcription(io.BytesIO(audio), "audio", ticket)
-            metrics.REQUEST_AUDIO_SECONDS.observe(pcm.size / SAMPLE_RATE)
-            regions = await runtime.inputs.voice.regions(pcm)
-            return pcm, await runtime.inputs.off_loop(plan_windows, pcm, regions)
-
-        async def render(window: np.ndarray) -> Any:
-            return await runtime.inputs.render(conversation, [window])
-
-        params = SamplingParams(
-            temperature=0.0,
-            max_tokens=MAX_TOKENS_PER_WINDOW,
-            logprobs=0,
-            output_kind=RequestOutputKind.DELTA,
-        )
-        outcome = "failed"
-        try:
-            pcm, windows = await served.prepare(prepare)
-            answer = SpeechAnswer(served, render, pcm, windows, params)
-            async with contextlib.aclosing(answer.pieces()) as pieces:
-                async for piece in pieces:
-                    if isinstance(piece, TranscriptionTextDone):
-                        item.transcript = piece.text
-                        done = TranscriptionCompleted(
-                            item_id=item.id,
-                            transcript=piece.text,
-                            usage=piece.usage.model_dump(),
-                        )
-                        await self.send(done)
-                    elif piece:
-                        await self.send(TranscriptionDelta(item_id=item.id, delta=piece))
-            outcome = "completed"
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        except (APIError, EngineDeadError) as exc:
-            error = exc if isinstance(exc, APIError) else engine_dead_error()
-            detail = ErrorEvent.of(error).error
-            await self.send(TranscriptionFailed(item_id=item.id, error=detail))
-        finally:
-            served.release()
-            metrics.REALTIME_TURNS.labels("transcription", outcome).inc()
 
     def _messages(self, instructions: str | None) -> tuple[list[dict], list[str]]:
         """The conversation as chat messages (a run of user items is one user turn, in

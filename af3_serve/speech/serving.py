@@ -60,6 +60,7 @@ class SpeechAnswer:
     windows: list[Window]
     params: SamplingParams
     request_id: str = field(default_factory=transcription_id)
+    first_window: int = 0  # the number of `windows[0]` (a realtime turn's later windows)
     prompt_tokens: int = 0
     audio_tokens: int = 0
 
@@ -70,7 +71,7 @@ class SpeechAnswer:
                 prompt = engine_input["prompt_token_ids"]
                 self.prompt_tokens += len(prompt)
                 self.audio_tokens += prompt.count(self.served.runtime.audio_token_id)
-                request_id = f"{self.request_id}-{i}"
+                request_id = f"{self.request_id}-{self.first_window + i}"
                 outputs = self.served.generate(engine_input, self.params, request_id)
                 async with contextlib.aclosing(outputs):  # closing aborts it in the engine
                     async for out in outputs:

@@ -11,9 +11,6 @@ import pytest
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import TypeAdapter
 
-from af3_serve.realtime import session as session_module
-from af3_serve.realtime.protocol import TurnDetection
-from af3_serve.realtime.turns import SpeechBoundary
 from tests.support.audio_files import (
     as_pcm16,
     at_24k,
@@ -108,7 +105,7 @@ async def test_transcription_turn_equals_rest(api: InProcess, speech, caplog) ->
 @pytest.mark.asyncio
 async def test_long_turn_is_transcribed_in_30s_pieces(api: InProcess, speech) -> None:
     """65 s at 16 kHz (the session says so): the window plan's pieces (at least three),
-    stitched as the REST answer."""
+    the first ones transcribed before the commit, stitched as the REST answer."""
     api.engine.answer_for = lambda rid: f" Window {rid.rsplit('-', 1)[1]} says hello."
     audio = as_pcm16(speaking(speech, 65.0))
     windows = transcription_windows(audio)
@@ -121,14 +118,23 @@ async def test_long_turn_is_transcribed_in_30s_pieces(api: InProcess, speech) ->
         # parses the event all the same).
         updated = await ws.recv()
         assert updated["session"]["audio"]["input"]["format"] == fmt
-        for event in append(audio, chunk_s=5.0, rate=16000):
+        appends = append(audio, chunk_s=5.0, rate=16000)
+        for event in appends[:9]:
+            await ws.send(event)
+        # 45 s spoken: the first window's text comes while the speaker still talks.
+        early = await ws.recv_until("conversation.item.input_audio_transcription.delta")
+        for event in appends[9:]:
             await ws.send(event)
         await ws.send({"type": "input_audio_buffer.commit"})
-        events = await ws.recv_until(COMPLETED)
+        events = early + await ws.recv_until(COMPLETED)
     done = checked(events)[-1]
     said = " ".join(f"Window {i} says hello." for i in range(len(windows)))
     assert len(windows) >= 3 and done["transcript"] == said
-    assert len(api.engine.started) == len(windows)
+    committed = next(e for e in events if e["type"] == "input_audio_buffer.committed")
+    deltas = [e for e in events if e["type"].endswith("transcription.delta")]
+    assert {e["item_id"] for e in deltas} == {committed["item_id"]}
+    assert "".join(e["delta"] for e in deltas) == said
+    assert len(api.engine.started) == len(windows)  # no window transcribed twice
     rest = await api.client.post(
         TRANSCRIPTIONS, data={"model": MODEL}, files={"file": ("turn.wav", encode(audio))}
     )
@@ -172,13 +178,17 @@ async def test_clear_empty_commit_and_turn_detection(api: InProcess, speech) -> 
         error = checked([await ws.recv()])[0]
         assert error["error"]["code"] == "input_audio_buffer_commit_empty"
         assert error["error"]["event_id"] == "e1"
-        vad = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}
-        session = {"type": "transcription", "audio": {"input": {"turn_detection": vad}}}
-        await ws.send({"type": "session.update", "session": session})
-        error = checked([await ws.recv()])[0]
-        assert error["type"] == "error"
-        assert error["error"]["code"] == "unsupported_turn_detection"
-        assert "server_vad" in error["error"]["message"]
+        refused = [
+            ({"type": "semantic_vad"}, "use 'server_vad'"),
+            ({"type": "server_vad", "idle_timeout_ms": 5000}, "idle_timeout_ms"),
+        ]
+        for vad, says in refused:
+            session = {"type": "transcription", "audio": {"input": {"turn_detection": vad}}}
+            await ws.send({"type": "session.update", "session": session})
+            error = checked([await ws.recv()])[0]
+            assert error["type"] == "error"
+            assert error["error"]["code"] == "unsupported_turn_detection"
+            assert says in error["error"]["message"]
         session["audio"]["input"]["turn_detection"] = None
         await ws.send({"type": "session.update", "session": session})
         updated = checked([await ws.recv()])[0]
@@ -432,51 +442,99 @@ async def test_session_update_to_transcription_and_a_failed_turn(api: InProcess,
     assert api.app.state.runtime.admission.pending == 0
 
 
-class HalfSecondTurns:
-    """A stand-in voice detector: speech starts with the first audio and stops once 0.5 s
-    has been fed; what the session does with a detector's reports is what is tested."""
+def vad_turns(speech: np.ndarray, seconds: list[float]) -> np.ndarray:
+    """Silence, then turns of speech of `seconds` each followed by 1.5 s of silence."""
+    pieces = [np.zeros(24000, np.float32)]
+    for length in seconds:
+        pieces += [at_24k(speech, length), np.zeros(36000, np.float32)]
+    return np.concatenate(pieces)
 
-    def __init__(self) -> None:
-        self.reset()
 
-    def feed(self, pcm16: bytes, rate: int) -> list[SpeechBoundary]:
-        start = self.samples
-        self.samples += len(pcm16) // 2
-        found = []
-        if start == 0:
-            found.append(SpeechBoundary("started", 0))
-        if start < rate // 2 <= self.samples:
-            found.append(SpeechBoundary("stopped", 500))
-        return found
-
-    def reset(self) -> None:
-        self.samples = 0
+def sent_between(audio: np.ndarray, start_ms: int, end_ms: int) -> np.ndarray:
+    return audio[start_ms * 24 : end_ms * 24]
 
 
 @pytest.mark.asyncio
-async def test_a_turn_detector_plugs_in(api: InProcess, speech, monkeypatch) -> None:
-    def detector(config: TurnDetection | None) -> HalfSecondTurns | None:
-        return None if config is None else HalfSecondTurns()
-
-    monkeypatch.setattr(session_module, "turn_detector", detector)
-    async with realtime_socket(api.app, f"model={MODEL}") as ws:
-        await conversation(ws)
-        vad = {"type": "server_vad", "create_response": True}
-        session = {"type": "realtime", "max_output_tokens": 4}
-        session["audio"] = {"input": {"turn_detection": vad}}
+async def test_server_vad_commits_each_turn_as_rest_hears_it(api: InProcess, speech) -> None:
+    """Silero hears two turns in a stream (100-ms appends): each is started, stopped and
+    committed by the server, with OpenAI's timeline positions, and its committed audio (the
+    prefix padding to the end of the silence that ended it) is what REST transcribes of that
+    span of the stream."""
+    audio = vad_turns(speech, [6.0, 3.0])
+    vad = {"type": "server_vad", "prefix_padding_ms": 300, "silence_duration_ms": 500}
+    async with realtime_socket(api.app, TRANSCRIPTION) as ws:
+        await ws.recv()
+        session = {"type": "transcription", "audio": {"input": {"turn_detection": vad}}}
         await ws.send({"type": "session.update", "session": session})
         updated = checked([await ws.recv()])[0]
-        assert updated["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
-        for event in append(at_24k(speech, 0.6), chunk_s=0.25):
+        shown = updated["session"]["audio"]["input"]["turn_detection"]
+        assert shown["type"] == "server_vad" and shown["silence_duration_ms"] == 500
+        for event in append(audio, chunk_s=0.1):
+            await ws.send(event)
+        events: list[dict] = []
+        while types(events).count(COMPLETED) < 2:
+            events += checked(await ws.recv_until(COMPLETED))
+    # The next turn may start before the last one's transcript is done: by item.
+    turns = []
+    for started in [e for e in events if e["type"] == "input_audio_buffer.speech_started"]:
+        item_id = started["item_id"]
+        mine = [e for e in events if e.get("item_id", e.get("item", {}).get("id")) == item_id]
+        kinds = [k for k in types(mine) if not k.endswith("transcription.delta")]
+        assert kinds == [
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+            COMPLETED,
+        ]
+        turns.append((mine[0]["audio_start_ms"], mine[1]["audio_end_ms"], item_id, mine[2]))
+    assert len(turns) == 2 and turns[1][3]["previous_item_id"] == turns[0][2]
+    # Speech starts at 1 s and 8.5 s (heard within half a second) and lasts 6 s and 3 s.
+    (start_a, end_a, *_), (start_b, end_b, *_) = turns
+    assert 500 <= start_a <= 1000 and 7000 <= end_a <= 8000
+    assert 8000 <= start_b <= 9000 and 12000 <= end_b <= 13000
+    completed = [e["item_id"] for e in events if e["type"] == COMPLETED]
+    assert completed == [item_id for *_, item_id, _ in turns]  # in commit order
+    # The turns' engine work overlaps: matched to REST's by their audio's content hash.
+    heard = sorted(h for r in api.engine.started for h in api.engine.audios[r])
+    by_rest = []
+    for start, end, *_ in turns:
+        rest = await api.client.post(
+            TRANSCRIPTIONS,
+            data={"model": MODEL},
+            files={"file": ("turn.wav", encode(sent_between(audio, start, end), rate=24000))},
+        )
+        assert rest.status_code == 200, rest.text
+        by_rest += api.engine.audios[api.engine.started[-1]]
+    assert len(set(by_rest)) == 2 and sorted(by_rest) == heard
+
+
+@pytest.mark.asyncio
+async def test_server_vad_answers_each_turn_and_speech_interrupts(api: InProcess, speech) -> None:
+    """A conversation session with server VAD: the end of a turn creates the response;
+    speech heard while it runs cancels it (interrupt_response)."""
+    vad = {"type": "server_vad", "create_response": True, "interrupt_response": True}
+    async with realtime_socket(api.app, f"model={MODEL}") as ws:
+        await conversation(ws)
+        session = {"type": "realtime", "audio": {"input": {"turn_detection": vad}}}
+        await ws.send({"type": "session.update", "session": session})
+        assert checked([await ws.recv()])[0]["type"] == "session.updated"
+        api.engine.paused = True  # the answer stays in progress
+        for event in append(vad_turns(speech, [3.0]), chunk_s=0.1):
+            await ws.send(event)
+        events = checked(await ws.recv_until("response.content_part.added"))
+        assert types(events)[:5] == [
+            "input_audio_buffer.speech_started",
+            "input_audio_buffer.speech_stopped",
+            "input_audio_buffer.committed",
+            "conversation.item.added",
+            "conversation.item.done",
+        ]
+        for event in append(at_24k(speech, 1.0), chunk_s=0.1):
             await ws.send(event)
         events = checked(await ws.recv_until("response.done"))
-    assert types(events)[:5] == [
-        "input_audio_buffer.speech_started",
-        "input_audio_buffer.speech_stopped",
-        "input_audio_buffer.committed",
-        "conversation.item.added",
-        "conversation.item.done",
-    ]
-    item_id = events[0]["item_id"]
-    assert events[1]["item_id"] == events[2]["item_id"] == events[3]["item"]["id"] == item_id
-    assert events[-1]["response"]["status"] in ("completed", "incomplete")
+        api.engine.paused = False
+    assert "input_audio_buffer.speech_started" in types(events)
+    assert events[-1]["response"]["status"] == "cancelled"
+    assert api.engine.aborted

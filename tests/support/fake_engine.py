@@ -58,6 +58,8 @@ class FakeEngine:
         self.finished: list[str] = []
         self.aborted: list[str] = []
         self.prompts: dict[str, list[int]] = {}
+        # Each request's audios by vLLM's content hashes: equal hashes, the same samples.
+        self.audios: dict[str, list[str]] = {}
         self.params: dict[str, SamplingParams] = {}  # what each request was sampled with
         self.lora: dict[str, str | None] = {}
         # A request's own answer by its id (e.g. one per speech window), which ends with
@@ -103,6 +105,7 @@ class FakeEngine:
             raise self.dead_error
         self.started.append(request_id)
         self.prompts[request_id] = list(prompt["prompt_token_ids"])
+        self.audios[request_id] = list(prompt.get("mm_hashes", {}).get("audio", []))
         self.params[request_id] = sampling_params
         self.lora[request_id] = lora_request.lora_name if lora_request else None
         params = sampling_params
