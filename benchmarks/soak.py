@@ -153,12 +153,24 @@ def wav_b64(seconds: float, seed: int) -> str:
     return base64.b64encode(harness.wav_bytes(harness.speech_clip(seconds, seed))).decode()
 
 
+# The speech sample speaks from here on for a while (its first seconds are silence).
+SPEAKS_FROM_S = 8.0
+
+
 def pcm_24k(seconds: float, seed: int, silence_s: float = 0.0) -> bytes:
     """Speech as a realtime client sends it: 16-bit PCM at 24 kHz, then `silence_s` of
-    silence."""
+    silence. With `silence_s` (a turn a voice detector must hear), at most 20 s from where
+    the sample speaks, made unique by faint noise (-60 dBFS, its own seed); else any
+    stretch of `harness.speech_clip`, which may hold no speech."""
     import soxr
 
-    audio = soxr.resample(harness.speech_clip(seconds, seed), SAMPLE_RATE, REALTIME_RATE)
+    if silence_s:
+        skip = int(SPEAKS_FROM_S * SAMPLE_RATE)
+        audio = harness.speech_sample()[skip : skip + int(min(seconds, 20) * SAMPLE_RATE)]
+        audio = audio + np.random.default_rng(seed).uniform(-1e-3, 1e-3, audio.size)
+    else:
+        audio = harness.speech_clip(seconds, seed)
+    audio = soxr.resample(audio.astype(np.float32), SAMPLE_RATE, REALTIME_RATE)
     audio = np.concatenate([audio, np.zeros(int(silence_s * REALTIME_RATE), np.float32)])
     return np.clip(np.round(audio * 32768), -32768, 32767).astype("<i2").tobytes()
 
