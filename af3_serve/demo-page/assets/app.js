@@ -366,23 +366,15 @@ function setLiveStatus(text, speaking) {
   $("live-status").classList.toggle("speaking", speaking);
 }
 
-// A user turn's place in the conversation, made when the server first names its item.
-function liveUserTurn(live, itemId) {
-  if (!live.users.has(itemId)) {
-    const turn = addTurn("user", "");
+// A turn's place in the conversation, made when the server first names it: a user turn by
+// its item, an answer by its response.
+function liveTurn(turns, role, id) {
+  if (!turns.has(id)) {
+    const turn = addTurn(role, "");
     turn.item.classList.add("live");
-    live.users.set(itemId, turn);
+    turns.set(id, turn);
   }
-  return live.users.get(itemId);
-}
-
-function liveAnswer(live, responseId) {
-  if (!live.answers.has(responseId)) {
-    const turn = addTurn("assistant", "");
-    turn.item.classList.add("live");
-    live.answers.set(responseId, turn);
-  }
-  return live.answers.get(responseId);
+  return turns.get(id);
 }
 
 function showAnswerDone(turn, response) {
@@ -399,6 +391,8 @@ function showAnswerDone(turn, response) {
 }
 
 function onLiveEvent(live, event) {
+  const user = (itemId) => liveTurn(live.users, "user", itemId);
+  const answer = (responseId) => liveTurn(live.answers, "assistant", responseId);
   switch (event.type) {
     case "input_audio_buffer.speech_started":
       setLiveStatus("Hearing you", true);
@@ -407,34 +401,34 @@ function onLiveEvent(live, event) {
       setLiveStatus("Listening", false);
       break;
     case "input_audio_buffer.committed":
-      liveUserTurn(live, event.item_id);
+      user(event.item_id);
       break;
     case "conversation.item.added":
-      if (event.item.role === "user") liveUserTurn(live, event.item.id);
+      if (event.item.role === "user") user(event.item.id);
       break;
     case "conversation.item.input_audio_transcription.delta":
-      liveUserTurn(live, event.item_id).body.textContent += event.delta;
+      user(event.item_id).body.textContent += event.delta;
       break;
     case "conversation.item.input_audio_transcription.completed":
-      liveUserTurn(live, event.item_id).body.textContent = event.transcript;
+      user(event.item_id).body.textContent = event.transcript;
       break;
     case "conversation.item.input_audio_transcription.failed": {
-      const turn = liveUserTurn(live, event.item_id);
+      const turn = user(event.item_id);
       turn.item.classList.add("failed");
       turn.usage.textContent = `not transcribed: ${event.error.message}`;
       break;
     }
     case "response.created":
-      liveAnswer(live, event.response.id);
+      answer(event.response.id);
       break;
     case "response.output_text.delta":
-      liveAnswer(live, event.response_id).body.textContent += event.delta;
+      answer(event.response_id).body.textContent += event.delta;
       break;
     case "response.output_text.done":
-      liveAnswer(live, event.response_id).body.textContent = event.text;
+      answer(event.response_id).body.textContent = event.text;
       break;
     case "response.done":
-      showAnswerDone(liveAnswer(live, event.response.id), event.response);
+      showAnswerDone(answer(event.response.id), event.response);
       break;
     case "error": {
       const hint = event.error.code === "invalid_api_key" ? " Enter the server's API key above." : "";
