@@ -8,8 +8,9 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 PAGE = Path(__file__).parent / "demo-page"
-# Only this origin's scripts and API; recordings play back from blob: URLs; no framing,
-# so another site cannot overlay the page and collect a typed API key.
+# Only this origin's scripts and API (live mode's /v1/realtime too: CSP 3's 'self' matches
+# this host's ws:/wss:, as Chromium applies it, tested); recordings play back from blob:
+# URLs; no framing, so another site cannot overlay the page and collect a typed API key.
 POLICY = (
     "default-src 'self'; media-src 'self' blob:; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"

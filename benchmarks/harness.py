@@ -233,6 +233,16 @@ def launch_vllm_router(
     return launch(vllm_router_command(workers, free_port(), policy, *extra), log)
 
 
+def metric_total(text: str, name: str) -> float:
+    """A Prometheus metric's value in `/metrics` text (`name 1.0` or `name{...} 1.0`),
+    summed over its label sets (one per engine); 0 where it is absent."""
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith((name + "{", name + " "))
+    )
+
+
 def run_af3_bench(*args: str) -> dict[str, Any]:
     """`af3-bench` with `args` (which name its --out-dir) in a process of its own, from
     this Python; its summary.json."""
@@ -370,7 +380,12 @@ def machine() -> str:
 
 
 def write_result(path: Path, result: dict[str, Any], shown: object = None) -> None:
-    """The result as indented JSON to `path`; to stdout too, or `shown` instead."""
+    """The result as indented JSON to `path`; to stdout too, or `shown` instead (text as
+    it is, anything else as JSON)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result if shown is None else shown, indent=2))
+    print(
+        shown
+        if isinstance(shown, str)
+        else json.dumps(result if shown is None else shown, indent=2)
+    )

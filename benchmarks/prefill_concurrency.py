@@ -24,16 +24,11 @@ from pathlib import Path
 import httpx
 
 from benchmarks import harness
-from benchmarks.harness import MODEL
+from benchmarks.harness import MODEL, metric_total
 
 
 def metric_lines(text: str, name: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(name)]
-
-
-def metric_total(text: str, name: str) -> float:
-    """The sum of an unlabelled-or-labelled gauge's samples (`name{...} value`)."""
-    return sum(float(line.split()[-1]) for line in metric_lines(text, name + "{"))
 
 
 async def poll_running(client: httpx.AsyncClient, url: str, seen: list[dict], done: asyncio.Event):

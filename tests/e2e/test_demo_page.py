@@ -1,12 +1,16 @@
 """The demo page at `/` in headless Chromium, on the session server (its routes:
 tests/http/test_http_demo_page.py)."""
 
+import base64
 import json
 import os
 import re
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import soundfile as sf
 
 from tests.support.paths import ROOT
 from tests.support.server import API_KEY
@@ -27,19 +31,22 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
+def playwright():
+    from playwright.sync_api import expect, sync_playwright
 
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium")
-    from playwright.sync_api import expect
-
     # The engine answers on a 2-core CPU shared with the test run: seconds, not milliseconds.
     expect.set_options(timeout=60_000)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        yield playwright
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    yield browser
+    browser.close()
 
 
 def test_upload_ask_stream_and_follow_up_in_chromium(browser, server, espeak_wav) -> None:
@@ -161,4 +168,270 @@ def test_thinking_toggle_for_a_think_model(browser, server) -> None:
     expect(page.locator(".turn.assistant .answer")).to_have_text("Let me think.")
     assert sent[0]["model"] == "af3-think"
     assert sent[0]["messages"][0]["content"] == [{"type": "text", "text": "Why?"}]
+    page.close()
+
+
+# Live mode ------------------------------------------------------------------------------
+
+LIVE_SESSION = {
+    "type": "realtime",
+    "output_modalities": ["text"],
+    "max_output_tokens": 8,
+    "audio": {
+        "input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": "audio-flamingo-3"},
+            "turn_detection": {
+                "type": "server_vad",
+                "silence_duration_ms": 500,
+                "prefix_padding_ms": 300,
+                "create_response": True,
+            },
+        }
+    },
+}
+# Every microphone stream the page opens, so that a test sees its tracks end.
+KEEP_STREAMS = """
+window.streams = [];
+const getUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+navigator.mediaDevices.getUserMedia = async (constraints) => {
+  const stream = await getUserMedia(constraints);
+  window.streams.push(stream);
+  return stream;
+};
+"""
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+TRACKS_ENDED = (
+    "streams.length > 0 && streams.every(s => s.getTracks().every(t => t.readyState === 'ended'))"
+)
+
+
+def open_live_page(browser, server, max_tokens: str = "8"):  # noqa: ANN001, ANN201
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.add_init_script(f"sessionStorage.setItem('af3-api-key', '{API_KEY}')")
+    page.add_init_script(KEEP_STREAMS)
+    page.goto(f"{server.url}/")
+    expect(page.locator("#model")).to_have_text("audio-flamingo-3")
+    page.click("summary")
+    page.fill("#max-tokens", max_tokens)
+    return page
+
+
+def wait_until(page, predicate, what: str, timeout_s: float = 120) -> None:  # noqa: ANN001
+    """Lets the page run (and Playwright's event handlers with it) until `predicate()`."""
+    for _ in range(int(timeout_s * 10)):
+        if predicate():
+            return
+        page.wait_for_timeout(100)
+    raise AssertionError(f"no {what} within {timeout_s:g} s")
+
+
+def pcm_bytes(event: dict) -> int:
+    assert event["type"] == "input_audio_buffer.append"
+    return len(base64.b64decode(event["audio"], validate=True))
+
+
+def test_live_mode_shows_the_server_vad_events_in_chromium(browser, server) -> None:
+    """The page's half of live mode against a scripted realtime server (the server's own
+    half: the next test): what it sends, and each server_vad event shown where it belongs."""
+    from playwright.sync_api import expect
+
+    sockets: list = []
+    received: list[dict] = []
+    closed: list[int | None] = []
+
+    def realtime(ws) -> None:  # noqa: ANN001
+        sockets.append(ws)
+        ws.on_message(lambda message: received.append(json.loads(message)))
+        ws.on_close(lambda code, reason: closed.append(code))
+        ws.send(json.dumps({"type": "session.created", "session": {"type": "realtime"}}))
+
+    page = open_live_page(browser, server)
+    page.route_web_socket(re.compile(r".*/v1/realtime\?.*"), realtime)
+    page.click("#live")
+    expect(page.locator("#live")).to_have_text("Stop live")
+    expect(page.locator("#live-status")).to_have_text("Listening")
+    wait_until(page, lambda: len(received) >= 6, "audio")
+    ws = sockets[0]
+    assert ws.url.endswith("/v1/realtime?model=audio-flamingo-3")
+    assert received[0] == {"type": "session.update", "session": LIVE_SESSION}
+    # 100 ms of 16-bit PCM at 24 kHz an event.
+    assert {pcm_bytes(e) for e in received[1:6]} == {4800}
+
+    def server_says(*events: dict) -> None:
+        for event in events:
+            ws.send(json.dumps(event))
+
+    item, answer = "item_1", {"response_id": "resp_1", "item_id": "item_2"}
+    server_says(
+        {"type": "input_audio_buffer.speech_started", "audio_start_ms": 300, "item_id": item}
+    )
+    expect(page.locator("#live-status")).to_have_text("Hearing you")
+    server_says(
+        {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 2100, "item_id": item},
+        {"type": "input_audio_buffer.committed", "item_id": item, "previous_item_id": None},
+        {"type": "conversation.item.added", "item": {"id": item, "role": "user", "content": []}},
+        {
+            "type": "conversation.item.input_audio_transcription.delta",
+            "item_id": item,
+            "delta": "Hel",
+        },
+        {
+            "type": "conversation.item.input_audio_transcription.delta",
+            "item_id": item,
+            "delta": "lo",
+        },
+    )
+    expect(page.locator("#live-status")).to_have_text("Listening")
+    user = page.locator(".turn.user.live .text")
+    expect(user).to_have_text("Hello")  # as it is spoken
+    server_says(
+        {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}},
+        {"type": "response.output_text.delta", "delta": "Some", **answer},
+        {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": item,
+            "transcript": "Hello there.",
+        },
+        {"type": "response.output_text.delta", "delta": "one", **answer},
+    )
+    expect(user).to_have_text("Hello there.")  # .completed replaces the deltas
+    answers = page.locator(".turn.assistant.live")
+    expect(answers.locator(".answer")).to_have_text("Someone")
+    server_says(
+        {"type": "response.output_text.done", "text": "Someone spoke.", **answer},
+        {
+            "type": "response.done",
+            "response": {
+                "id": "resp_1",
+                "status": "completed",
+                "usage": {
+                    "input_tokens": 60,
+                    "output_tokens": 3,
+                    "input_token_details": {"audio_tokens": 50},
+                },
+            },
+        },
+    )
+    expect(answers.locator(".answer")).to_have_text("Someone spoke.")
+    expect(answers.locator(".usage")).to_have_text("60 prompt tokens (50 audio), 3 generated")
+    # One user turn and its answer, in order.
+    assert page.locator(".turn.live").evaluate_all("ts => ts.map(t => t.className)") == [
+        "turn user live",
+        "turn assistant live",
+    ]
+    expect(page.locator("#error")).to_be_hidden()
+    server_says(
+        {"type": "error", "error": {"type": "invalid_request_error", "message": "Too loud."}}
+    )
+    expect(page.locator("#error")).to_have_text("Too loud.")
+
+    page.click("#live")
+    expect(page.locator("#live")).to_have_text("Live")
+    expect(page.locator("#live-status")).to_be_hidden()
+    wait_until(page, lambda: closed, "close")
+    assert closed == [1000]
+    assert page.evaluate(TRACKS_ENDED)
+    page.close()
+
+
+def test_live_mode_refused_says_why_and_lets_the_microphone_go(browser, server) -> None:
+    """A key the socket refuses: the server's error event is shown, its close ends live
+    mode and the microphone."""
+    from playwright.sync_api import expect
+
+    page = open_live_page(browser, server)
+    # Changed under the page (as a key revoked meanwhile): typing it would make the page
+    # list the models again, which fails before live mode starts.
+    page.eval_on_selector("#api-key", "input => { input.value = 'not-the-key'; }")
+    page.click("#live")
+    expect(page.locator("#error")).to_have_text(
+        "Missing or invalid API key. Enter the server's API key above."
+    )
+    expect(page.locator("#live")).to_have_text("Live")
+    expect(page.locator("#live-status")).to_be_hidden()
+    assert page.evaluate(TRACKS_ENDED)
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def spoken_turn(espeak_wav, tmp_path_factory) -> Path:
+    """The microphone's file: half a second of silence, an espeak-ng sentence, then 30 s
+    of silence (one turn; Chromium loops the file), 16-bit PCM as Chromium reads it."""
+    audio, rate = sf.read(espeak_wav, dtype="float32")
+    silence = np.zeros(rate // 2, np.float32)
+    path = tmp_path_factory.mktemp("live") / "turn.wav"
+    sf.write(
+        path, np.concatenate([silence, audio, np.zeros(30 * rate, np.float32)]), rate, "PCM_16"
+    )
+    return path
+
+
+@pytest.fixture
+def talking_browser(playwright, spoken_turn: Path):
+    """Chromium whose microphone says `spoken_turn`."""
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={spoken_turn}"]
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=args)
+    yield browser
+    browser.close()
+
+
+def test_live_mode_transcribes_and_answers_a_spoken_turn(talking_browser, server) -> None:
+    """Live mode against the server, through the page's own Content-Security-Policy: the
+    microphone's sentence is heard as one turn (server_vad), its transcript and AF3's
+    answer shown as the server sent them; Stop closes the socket and the microphone."""
+    from playwright.sync_api import expect
+
+    page = open_live_page(talking_browser, server)
+    sockets: list = []
+    received: list[dict] = []
+    sent: list[dict] = []
+
+    def watch(ws) -> None:  # noqa: ANN001
+        sockets.append(ws)
+        ws.on("framereceived", lambda payload: received.append(json.loads(payload)))
+        ws.on("framesent", lambda payload: sent.append(json.loads(payload)))
+
+    page.on("websocket", watch)
+    page.click("#live")
+
+    def seen(kind: str) -> list[dict]:
+        return [e for e in received if e["type"] == kind]
+
+    def settled() -> bool:  # the first turn transcribed and answered, or an error
+        return bool((seen("response.done") and seen(COMPLETED)) or seen("error"))
+
+    wait_until(page, settled, "answer")
+    errors = seen("error")
+    assert not errors, errors
+    expect(page.locator("#error")).to_be_hidden()
+    assert sent[0] == {"type": "session.update", "session": LIVE_SESSION}
+    assert {pcm_bytes(e) for e in sent[1:]} == {4800}
+    committed = seen("input_audio_buffer.committed")[0]["item_id"]
+    assert seen("input_audio_buffer.speech_started")[0]["item_id"] == committed
+    # The turn's transcript and AF3's answer, as the server sent them (the tiny model's
+    # words are noise).
+    transcript = seen(COMPLETED)
+    assert [e["item_id"] for e in transcript][:1] == [committed]
+    assert transcript[0]["transcript"]
+    user = page.locator(".turn.user.live .text")
+    expect(user.first).to_have_text(transcript[0]["transcript"])
+    assert user.first.text_content() == transcript[0]["transcript"]  # whitespace too
+    answer = seen("response.output_text.done")[0]["text"]
+    assert answer
+    shown = page.locator(".turn.assistant.live .answer").first
+    expect(shown).to_have_text(answer)
+    assert shown.text_content() == answer
+    expect(page.locator(".turn.assistant.live .usage").first).to_contain_text(" audio)")
+    order = page.locator(".turn.live").evaluate_all("ts => ts.map(t => t.className)")
+    assert order[:2] == ["turn user live", "turn assistant live"]
+    expect(page.locator("#error")).to_be_hidden()
+
+    with sockets[0].expect_event("close"):
+        page.click("#live")
+    assert sockets[0].is_closed()
+    assert page.evaluate(TRACKS_ENDED)
+    expect(page.locator("#live")).to_have_text("Live")
     page.close()

@@ -4,6 +4,7 @@ tests/e2e/test_demo_page.py)."""
 from tests.support.http_helpers import NO_KEY, serve, server_fixture
 
 api = server_fixture()
+JS_TYPES = ("text/javascript", "application/javascript")  # what browsers run as a module
 
 
 def paths(app) -> set[str]:
@@ -18,6 +19,11 @@ async def test_page_and_assets_are_served_without_a_key(api) -> None:
     assert 'src="demo/app.js"' in page.text  # relative: works behind a path prefix
     for asset in ("demo/app.js", "demo/style.css"):
         assert (await api.client.get(f"/{asset}", headers=NO_KEY)).status_code == 200
+    # Live mode's AudioWorklet module: a script file, as the policy allows no blob: scripts.
+    worklet = await api.client.get("/demo/mic-worklet.js", headers=NO_KEY)
+    assert worklet.status_code == 200
+    assert worklet.headers["content-type"].split(";")[0] in JS_TYPES
+    assert 'registerProcessor("mic-capture"' in worklet.text
     assert (await api.client.get("/demo/index.html")).status_code == 404
     assert api.engine.started == []
 

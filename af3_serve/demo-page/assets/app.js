@@ -6,6 +6,11 @@ const KEY_STORAGE = "af3-api-key";
 // Names the conversation for a session-affinity load balancer (vLLM's router, policy
 // sticky_least_loaded): its later turns reach the replica that holds its cached audio.
 const SESSION_HEADER = "X-Session-ID";
+// Live mode speaks OpenAI's Realtime API: 16-bit mono PCM at 24 kHz, sent every 100 ms.
+const LIVE_RATE = 24000;
+const LIVE_CHUNK_MS = 100;
+// Browsers cannot set headers on a WebSocket: the key goes as a subprotocol, as OpenAI's.
+const KEY_PROTOCOL = "openai-insecure-api-key.";
 
 // crypto.randomUUID exists only in secure contexts (https, localhost); the page is also
 // served over plain http to other hosts.
@@ -23,6 +28,7 @@ const state = {
   thinkModel: null, // a served model id ending in "-think", if any
   controller: null, // aborts the answer being streamed
   recorder: null,
+  live: null, // {socket, stream, context, users, answers} while live mode runs
 };
 
 function headers() {
@@ -281,7 +287,240 @@ async function send(event) {
   }
 }
 
+// Live mode ---------------------------------------------------------------------------
+
+function realtimeUrl(model) {
+  // Relative, as the page's other calls, so that it works behind a path prefix.
+  const url = new URL("v1/realtime", location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  url.searchParams.set("model", model);
+  return url.href;
+}
+
+function liveSession() {
+  const maxTokens = Number($("max-tokens").value);
+  return {
+    type: "session.update",
+    session: {
+      type: "realtime",
+      output_modalities: ["text"],
+      ...(maxTokens ? { max_output_tokens: maxTokens } : {}),
+      audio: {
+        input: {
+          format: { type: "audio/pcm", rate: LIVE_RATE },
+          transcription: { model: state.model }, // the base model, even in thinking mode
+          // The server hears where each turn ends, then transcribes and answers it.
+          turn_detection: {
+            type: "server_vad",
+            silence_duration_ms: 500,
+            prefix_padding_ms: 300,
+            create_response: true,
+          },
+        },
+      },
+    },
+  };
+}
+
+function base64(buffer) {
+  const bytes = new Uint8Array(buffer);
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(text);
+}
+
+// The microphone as 16-bit PCM at LIVE_RATE, handed to `send` a chunk at a time.
+async function captureMicrophone(stream, send) {
+  let context = new AudioContext({ sampleRate: LIVE_RATE });
+  let source;
+  try {
+    source = context.createMediaStreamSource(stream);
+  } catch {
+    // Some browsers take a microphone only at its own rate: then the worklet resamples.
+    await context.close();
+    context = new AudioContext();
+    source = context.createMediaStreamSource(stream);
+  }
+  try {
+    await context.audioWorklet.addModule("demo/mic-worklet.js");
+    const node = new AudioWorkletNode(context, "mic-capture", {
+      numberOfOutputs: 0,
+      channelCount: 1,
+      channelCountMode: "explicit", // stereo microphones are mixed down
+      processorOptions: { rate: LIVE_RATE, chunkMs: LIVE_CHUNK_MS },
+    });
+    node.port.onmessage = (e) => send(e.data);
+    source.connect(node);
+    await context.resume();
+  } catch (err) {
+    context.close();
+    throw err;
+  }
+  return context;
+}
+
+function setLiveStatus(text, speaking) {
+  $("live-status").textContent = text;
+  $("live-status").classList.toggle("speaking", speaking);
+}
+
+// A turn's place in the conversation, made when the server first names it: a user turn by
+// its item, an answer by its response.
+function liveTurn(turns, role, id) {
+  if (!turns.has(id)) {
+    const turn = addTurn(role, "");
+    turn.item.classList.add("live");
+    turns.set(id, turn);
+  }
+  return turns.get(id);
+}
+
+function showAnswerDone(turn, response) {
+  const u = response.usage;
+  if (u) {
+    const audio = u.input_token_details?.audio_tokens ?? 0;
+    turn.usage.textContent =
+      `${u.input_tokens} prompt tokens (${audio} audio), ${u.output_tokens} generated`;
+  }
+  if (response.status === "failed" || response.status === "cancelled") {
+    turn.item.classList.add("failed");
+    turn.usage.textContent = response.status;
+  }
+}
+
+function onLiveEvent(live, event) {
+  const user = (itemId) => liveTurn(live.users, "user", itemId);
+  const answer = (responseId) => liveTurn(live.answers, "assistant", responseId);
+  switch (event.type) {
+    case "input_audio_buffer.speech_started":
+      setLiveStatus("Hearing you", true);
+      break;
+    case "input_audio_buffer.speech_stopped":
+      setLiveStatus("Listening", false);
+      break;
+    case "input_audio_buffer.committed":
+      user(event.item_id);
+      break;
+    case "conversation.item.added":
+      if (event.item.role === "user") user(event.item.id);
+      break;
+    case "conversation.item.input_audio_transcription.delta":
+      user(event.item_id).body.textContent += event.delta;
+      break;
+    case "conversation.item.input_audio_transcription.completed":
+      user(event.item_id).body.textContent = event.transcript;
+      break;
+    case "conversation.item.input_audio_transcription.failed": {
+      const turn = user(event.item_id);
+      turn.item.classList.add("failed");
+      turn.usage.textContent = `not transcribed: ${event.error.message}`;
+      break;
+    }
+    case "response.created":
+      answer(event.response.id);
+      break;
+    case "response.output_text.delta":
+      answer(event.response_id).body.textContent += event.delta;
+      break;
+    case "response.output_text.done":
+      answer(event.response_id).body.textContent = event.text;
+      break;
+    case "response.done":
+      showAnswerDone(answer(event.response.id), event.response);
+      break;
+    case "error": {
+      const hint = event.error.code === "invalid_api_key" ? " Enter the server's API key above." : "";
+      showError(event.error.message + hint);
+      break;
+    }
+    default:
+      return; // session.created and .updated, the item and part events: nothing to show
+  }
+  $("conversation").lastElementChild?.scrollIntoView({ block: "end" });
+}
+
+// The model and the microphone, or null (the error shown).
+async function liveStream() {
+  try {
+    if (!state.model) await loadModels();
+  } catch (err) {
+    showError(err.message);
+    return null;
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (err) {
+    showError(`No microphone: ${err.message}`); // https pages and localhost only
+    return null;
+  }
+}
+
+async function startLive() {
+  showError("");
+  $("live").disabled = true; // one start at a time
+  const stream = await liveStream();
+  $("live").disabled = false;
+  if (!stream) return;
+  const key = $("api-key").value.trim();
+  const think = Boolean(state.thinkModel) && $("think").checked;
+  let socket;
+  try {
+    const protocols = key ? ["realtime", KEY_PROTOCOL + key] : ["realtime"];
+    socket = new WebSocket(realtimeUrl(think ? state.thinkModel : state.model), protocols);
+  } catch (err) {
+    stream.getTracks().forEach((t) => t.stop());
+    showError(`Could not open the live session: ${err.message}`);
+    return;
+  }
+  const live = { socket, stream, context: null, users: new Map(), answers: new Map() };
+  state.live = live;
+  $("live").textContent = "Stop live";
+  $("live").classList.add("recording");
+  $("live-status").hidden = false;
+  setLiveStatus("Connecting", false);
+  socket.onmessage = (e) => {
+    if (state.live === live) onLiveEvent(live, JSON.parse(e.data));
+  };
+  socket.onclose = (e) => {
+    if (state.live !== live) return; // stopped here
+    // A refused session said why in an error event first.
+    if ($("error").hidden) showError(`The live session closed (${e.code} ${e.reason})`.trim());
+    stopLive();
+  };
+  socket.onopen = async () => {
+    socket.send(JSON.stringify(liveSession()));
+    setLiveStatus("Listening", false);
+    const send = (pcm) => {
+      if (socket.readyState !== WebSocket.OPEN) return;
+      socket.send(JSON.stringify({ type: "input_audio_buffer.append", audio: base64(pcm) }));
+    };
+    try {
+      live.context = await captureMicrophone(stream, send);
+      if (state.live !== live) live.context.close(); // stopped meanwhile
+    } catch (err) {
+      showError(`Could not capture the microphone: ${err.message}`);
+      stopLive();
+    }
+  };
+}
+
+// Closes the socket (the server drops what it was still working on) and the microphone.
+function stopLive() {
+  const live = state.live;
+  if (!live) return;
+  state.live = null;
+  live.socket.close(1000);
+  live.stream.getTracks().forEach((t) => t.stop());
+  live.context?.close();
+  $("live").textContent = "Live";
+  $("live").classList.remove("recording");
+  $("live-status").hidden = true;
+}
+
 function newConversation() {
+  stopLive();
   state.controller?.abort();
   state.messages = [];
   state.session = newSessionId();
@@ -301,6 +540,7 @@ function init() {
     if (file) attach(file, file.name);
   });
   $("record").addEventListener("click", toggleRecording);
+  $("live").addEventListener("click", () => (state.live ? stopLive() : startLive()));
   $("detach").addEventListener("click", detach);
   $("composer").addEventListener("submit", send);
   $("question").addEventListener("keydown", (e) => {
