@@ -190,14 +190,31 @@ class VoiceActivity:
         else:
             self._idle.put_nowait(worker)
 
-    async def regions(self, pcm: np.ndarray) -> list[tuple[int, int]]:
-        """The recording's speech regions, its blocks spread over the workers."""
+    async def regions(
+        self, pcm: np.ndarray, known: dict[tuple[int, int], np.ndarray] | None = None
+    ) -> list[tuple[int, int]]:
+        """The recording's speech regions, its blocks spread over the workers. `known`: the
+        probabilities of whole blocks of a recording that grows (a realtime turn), by their
+        span, reused and kept."""
         if pcm.size == 0:
             return []
+
+        async def block(a: int, b: int, skip: int) -> np.ndarray:
+            if known is not None and (a, b) in known:
+                return known[(a, b)]
+            probs = await self._block(pcm[a:b], skip)
+            # A whole block well before the end: the samples a longer decode of the same
+            # recording gives there are the same (only its last few may differ).
+            if (
+                known is not None
+                and b - a == (BLOCK_FRAMES + skip) * FRAME
+                and pcm.size - b >= SAMPLE_RATE
+            ):
+                known[(a, b)] = probs
+            return probs
+
         try:
-            probs = await asyncio.gather(
-                *(self._block(pcm[a:b], skip) for a, b, skip in blocks(pcm.size))
-            )
+            probs = await asyncio.gather(*(block(a, b, skip) for a, b, skip in blocks(pcm.size)))
         except (OSError, asyncio.IncompleteReadError) as exc:  # a worker died
             from af3_serve.edge.errors import APIError  # not in the workers: they stay light
 

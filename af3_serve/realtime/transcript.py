@@ -76,6 +76,7 @@ class TurnTranscript:
     _texts: list[str] = field(default_factory=list)
     _usage: list[Any] = field(default_factory=list)
     _sent_text: bool = False
+    _probs: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # whole VAD blocks
 
     def offer(self, audio: bytes, seconds: float) -> None:
         """The turn so far (a WAV file): its finished windows may be transcribed now."""
@@ -129,7 +130,7 @@ class TurnTranscript:
         inputs = self.runtime.inputs
         # As an upload to the transcription endpoint: 16-bit PCM, cut at its pauses.
         pcm = await inputs.decode_transcription(io.BytesIO(audio), "audio", ticket)
-        regions = await inputs.voice.regions(pcm)
+        regions = await inputs.voice.regions(pcm, self._probs)
         if not final:
             tail = pcm.size - int(OPEN_TAIL_S * SAMPLE_RATE)
             regions = [r for r in regions if r[1] <= tail]
@@ -142,7 +143,7 @@ class TurnTranscript:
             # Not expected (see the module's doc): the turn is transcribed again from its
             # start, so its transcript still equals REST's; the deltas sent stand.
             logger.warning("realtime turn %s: its finished windows changed", self.item_id)
-            self._done, self._texts, self._usage = [], [], []
+            self._done, self._texts, self._usage, self._probs = [], [], [], {}
         return Planned(pcm, windows)
 
     def _same_start(self, pcm: np.ndarray, windows: list[Window]) -> bool:

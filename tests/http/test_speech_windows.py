@@ -285,9 +285,14 @@ async def test_the_workers_find_what_this_process_finds(meeting: Recording) -> N
     pcm = np.rint(meeting.audio * 32768).astype(np.int16)
     pcm = np.concatenate([pcm, pcm, pcm])  # 3.5 min: four 60-s blocks
     voice = VoiceActivity(2)
+    known: dict = {}  # a growing recording's whole blocks, as a realtime turn keeps them
     try:
         regions = await voice.regions(pcm)
         assert await voice.regions(pcm[: 10 * RATE]) == speech_regions(pcm[: 10 * RATE])
+        grown = [await voice.regions(pcm[: s * RATE], known) for s in (130, 190)]
+        # Whole blocks ending a second or more before the end are kept: three by 190 s.
+        assert len(known) == 3 and grown[1] == speech_regions(pcm[: 190 * RATE])
+        assert await voice.regions(pcm, known) == regions
     finally:
         await voice.aclose()
     assert regions == speech_regions(pcm)
