@@ -17,6 +17,7 @@ import io
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,7 @@ class TurnTranscript:
     _done_pcm: np.ndarray | None = None
     _texts: list[str] = field(default_factory=list)
     _usage: list[Any] = field(default_factory=list)
-    _sent_text: bool = False
+    _failed: BaseException | None = None  # an earlier part's engine failure
     _probs: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # whole VAD blocks
 
     def offer(self, audio: bytes, seconds: float) -> None:
@@ -88,20 +89,39 @@ class TurnTranscript:
         self._queue.put_nowait((audio, True))
 
     async def run(self) -> None:
-        """Until the turn is finished (or the session drops it)."""
+        """Until the turn is finished (or the session drops it). Each part is planned in
+        turn, and its windows go to the engine at once, beside the earlier parts' windows;
+        only their events wait for those of the parts before them."""
         outcome = "failed"
+        parts: list[asyncio.Task] = []
         try:
             while True:
                 audio, final = await self._queue.get()
                 while not final and not self._queue.empty():
                     audio, final = self._queue.get_nowait()  # only the newest prefix counts
+                served = ServedRequest(self.runtime, self.websocket, ENDPOINT)
                 try:
-                    await self._part(audio, final)
+                    planned = await served.prepare(partial(self._plan, audio, final))
                 except APIError:
                     if final:
                         raise
                     continue  # a piece refused (the server busy): the commit will do it
+                if not self._same_start(planned):
+                    # Not expected (see the module's doc): the turn is transcribed again
+                    # from its start, so its transcript still equals REST's.
+                    logger.warning("realtime turn %s: its finished windows changed", self.item_id)
+                    await asyncio.gather(*parts, return_exceptions=True)
+                    self._done, self._texts, self._usage, self._probs = [], [], [], {}
+                first = len(self._done)
+                gate = parts[-1] if parts else self.after
+                self._done, self._done_pcm = planned.windows, planned.pcm
+                if first == len(planned.windows) and not final:
+                    served.release()  # no window finished since the last part
+                    continue
+                work = self._transcribe(served, planned, first, final, gate)
+                parts.append(asyncio.create_task(work))
                 if final:
+                    await parts[-1]
                     break
             outcome = "completed"
         except asyncio.CancelledError:
@@ -110,21 +130,12 @@ class TurnTranscript:
         except (APIError, EngineDeadError) as exc:
             error = exc if isinstance(exc, APIError) else engine_dead_error()
             detail = ErrorEvent.of(error).error
-            await self._emit(TranscriptionFailed(item_id=self.item_id, error=detail))
+            await _after(parts[-1] if parts else self.after)
+            await self.send(TranscriptionFailed(item_id=self.item_id, error=detail))
         finally:
+            for part in parts:
+                part.cancel()  # a turn dropped or failed: its windows leave the engine
             metrics.REALTIME_TURNS.labels("transcription", outcome).inc()
-
-    async def _part(self, audio: bytes, final: bool) -> None:
-        served = ServedRequest(self.runtime, self.websocket, ENDPOINT)
-        try:
-            planned = await served.prepare(lambda ticket: self._plan(audio, final, ticket))
-            windows = planned.windows[len(self._done) :]
-            if windows or final:
-                await self._transcribe(served, planned.pcm, windows, final)
-            self._done += windows
-            self._done_pcm = planned.pcm
-        finally:
-            served.release()
 
     async def _plan(self, audio: bytes, final: bool, ticket: Ticket) -> Planned:
         inputs = self.runtime.inputs
@@ -139,16 +150,12 @@ class TurnTranscript:
             windows = windows[:-1]  # the speech after it may still widen its end
         else:
             metrics.REQUEST_AUDIO_SECONDS.observe(pcm.size / SAMPLE_RATE)
-        if not self._same_start(pcm, windows):
-            # Not expected (see the module's doc): the turn is transcribed again from its
-            # start, so its transcript still equals REST's; the deltas sent stand.
-            logger.warning("realtime turn %s: its finished windows changed", self.item_id)
-            self._done, self._texts, self._usage, self._probs = [], [], [], {}
         return Planned(pcm, windows)
 
-    def _same_start(self, pcm: np.ndarray, windows: list[Window]) -> bool:
-        done = self._done
-        if windows[: len(done)] != done:
+    def _same_start(self, planned: Planned) -> bool:
+        """The windows transcribed so far begin this plan, their samples unchanged."""
+        pcm, done = planned.pcm, self._done
+        if planned.windows[: len(done)] != done:
             return False
         old = self._done_pcm
         return all(
@@ -157,8 +164,15 @@ class TurnTranscript:
         )
 
     async def _transcribe(
-        self, served: ServedRequest, pcm: np.ndarray, windows: list[Window], final: bool
+        self,
+        served: ServedRequest,
+        planned: Planned,
+        first: int,
+        final: bool,
+        gate: asyncio.Task | None,
     ) -> None:
+        """The part's windows (from the turn's `first`); its events follow `gate`'s (the
+        part, or the turn, before). A failed earlier part fails the turn at its end."""
         t = self.settings
         conversation = [
             {
@@ -179,34 +193,40 @@ class TurnTranscript:
             logprobs=0,
             output_kind=RequestOutputKind.DELTA,
         )
-        answer = SpeechAnswer(served, render, pcm, windows, params, first_window=len(self._done))
-        first = True
-        async with contextlib.aclosing(answer.pieces()) as pieces:
-            async for piece in pieces:
-                if isinstance(piece, TranscriptionTextDone):
-                    if piece.text:
-                        self._texts.append(piece.text)
-                    self._usage.append(piece.usage)
-                elif piece:
-                    # Windows join with one space, across the turn's parts as within one.
-                    if first and self._sent_text and not piece.startswith(" "):
-                        piece = " " + piece
-                    first, self._sent_text = False, True
-                    await self._emit(TranscriptionDelta(item_id=self.item_id, delta=piece))
+        windows = planned.windows[first:]
+        answer = SpeechAnswer(served, render, planned.pcm, windows, params, first_window=first)
+        said = False
+        try:
+            async with contextlib.aclosing(answer.pieces()) as pieces:
+                async for piece in pieces:
+                    if isinstance(piece, TranscriptionTextDone):
+                        await _after(gate)  # the parts' texts join in order
+                        if piece.text:
+                            self._texts.append(piece.text)
+                        self._usage.append(piece.usage)
+                    elif piece:
+                        await _after(gate)
+                        # Windows join with one space, across the parts as within one.
+                        if not said and self._texts and not piece.startswith(" "):
+                            piece = " " + piece
+                        said = True
+                        await self.send(TranscriptionDelta(item_id=self.item_id, delta=piece))
+        except (APIError, EngineDeadError) as exc:
+            if final:
+                raise
+            self._failed = exc
+            return
+        finally:
+            served.release()
         if final:
-            await self._emit(
-                TranscriptionCompleted(
-                    item_id=self.item_id, transcript=" ".join(self._texts), usage=self._total()
-                )
+            await _after(gate)
+            if self._failed is not None:
+                raise self._failed
+            total = " ".join(self._texts)
+            usage = self._total()
+            await self.send(
+                TranscriptionCompleted(item_id=self.item_id, transcript=total, usage=usage)
             )
-
-    async def _emit(self, event: ServerEvent) -> None:
-        """Sent once the turn before is done: turns' transcripts arrive in commit order,
-        though their engine work overlaps."""
-        if self.after is not None:
-            await asyncio.wait([self.after])
-            self.after = None
-        await self.send(event)
 
     def _total(self) -> dict[str, Any]:
         usage = self._usage[0].model_copy(deep=True)
@@ -218,3 +238,10 @@ class TurnTranscript:
             details.audio_tokens += extra.audio_tokens
             details.text_tokens += extra.text_tokens
         return usage.model_dump()
+
+
+async def _after(gate: asyncio.Task | None) -> None:
+    """Waits for the part (or turn) before to send all its events: a session's turns, and
+    a turn's parts, are told in order though their engine work overlaps."""
+    if gate is not None:
+        await asyncio.wait([gate])
