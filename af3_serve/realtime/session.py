@@ -10,6 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from fastapi import WebSocket
@@ -374,8 +375,7 @@ class RealtimeSession:
             self._check_audio_room()
         start = self.buffer.start_ms
         audio = self.buffer.take(until_ms)
-        seconds = self.buffer.start_ms - start
-        seconds /= 1000
+        seconds = (self.buffer.start_ms - start) / 1000
         if self.settings.detector is not None and until_ms is None:
             self.settings.detector.reset()
         self.counts["turns"] += 1
@@ -395,6 +395,7 @@ class RealtimeSession:
                 self.turn = self._turn_transcript()
             turn, self.last_turn = self.turn
             turn.item_id = item.id
+            turn.on_done = partial(setattr, item, "transcript")  # the item shows it after
             turn.finish(audio)
         self.turn = None
 

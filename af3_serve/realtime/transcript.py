@@ -70,6 +70,7 @@ class TurnTranscript:
     websocket: WebSocket  # the session's: admission reads its client's name
     send: Callable[[ServerEvent], Awaitable[None]]
     after: asyncio.Task | None = None  # the turn before: its events go first
+    on_done: Callable[[str], None] | None = None  # told the whole transcript
     offered_s: float = 0.0  # the audio offered so far
     _queue: asyncio.Queue[tuple[bytes, bool]] = field(default_factory=asyncio.Queue)
     _done: list[Window] = field(default_factory=list)  # transcribed, in order
@@ -224,6 +225,8 @@ class TurnTranscript:
                 raise self._failed
             total = " ".join(self._texts)
             usage = self._total()
+            if self.on_done is not None:
+                self.on_done(total)
             await self.send(
                 TranscriptionCompleted(item_id=self.item_id, transcript=total, usage=usage)
             )

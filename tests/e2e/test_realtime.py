@@ -14,7 +14,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.audio_files import at_24k, encode, pcm16
+from tests.support.audio_files import at_24k, encode, pcm16, turns_with_pauses
 from tests.support.server import API_KEY, wait_for
 
 MODEL = "audio-flamingo-3"
@@ -154,14 +154,6 @@ async def test_browser_key_refusals_and_a_dropped_socket(server, speech) -> None
     assert wait_for(lambda: metric(server, "af3_requests_in_flight") == 0)
     assert finished(server) == finished_before  # aborted, not run to its end
     assert metric(server, "af3_realtime_sessions_open") == 0
-
-
-def turns_with_pauses(speech, seconds: list[float]) -> np.ndarray:  # noqa: ANN001
-    """A second of silence, then turns of speech each followed by 1.5 s of silence."""
-    pieces = [np.zeros(24000, np.float32)]
-    for length in seconds:
-        pieces += [at_24k(speech, length), np.zeros(36000, np.float32)]
-    return np.concatenate(pieces)
 
 
 async def stream(conn, audio: np.ndarray, chunk_s: float = 0.1) -> None:  # noqa: ANN001

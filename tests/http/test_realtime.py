@@ -18,6 +18,7 @@ from tests.support.audio_files import (
     pcm16,
     speaking,
     transcription_windows,
+    turns_with_pauses,
 )
 from tests.support.http_helpers import (
     MODEL,
@@ -442,14 +443,6 @@ async def test_session_update_to_transcription_and_a_failed_turn(api: InProcess,
     assert api.app.state.runtime.admission.pending == 0
 
 
-def vad_turns(speech: np.ndarray, seconds: list[float]) -> np.ndarray:
-    """Silence, then turns of speech of `seconds` each followed by 1.5 s of silence."""
-    pieces = [np.zeros(24000, np.float32)]
-    for length in seconds:
-        pieces += [at_24k(speech, length), np.zeros(36000, np.float32)]
-    return np.concatenate(pieces)
-
-
 def sent_between(audio: np.ndarray, start_ms: int, end_ms: int) -> np.ndarray:
     return audio[start_ms * 24 : end_ms * 24]
 
@@ -460,7 +453,7 @@ async def test_server_vad_commits_each_turn_as_rest_hears_it(api: InProcess, spe
     committed by the server, with OpenAI's timeline positions, and its committed audio (the
     prefix padding to the end of the silence that ended it) is what REST transcribes of that
     span of the stream."""
-    audio = vad_turns(speech, [6.0, 3.0])
+    audio = turns_with_pauses(speech, [6.0, 3.0])
     vad = {"type": "server_vad", "prefix_padding_ms": 300, "silence_duration_ms": 500}
     async with realtime_socket(api.app, TRANSCRIPTION) as ws:
         await ws.recv()
@@ -521,7 +514,7 @@ async def test_server_vad_answers_each_turn_and_speech_interrupts(api: InProcess
         await ws.send({"type": "session.update", "session": session})
         assert checked([await ws.recv()])[0]["type"] == "session.updated"
         api.engine.paused = True  # the answer stays in progress
-        for event in append(vad_turns(speech, [3.0]), chunk_s=0.1):
+        for event in append(turns_with_pauses(speech, [3.0]), chunk_s=0.1):
             await ws.send(event)
         events = checked(await ws.recv_until("response.content_part.added"))
         assert types(events)[:5] == [

@@ -83,3 +83,12 @@ def at_24k(speech: np.ndarray, seconds: float) -> np.ndarray:
     import soxr
 
     return as_pcm16(soxr.resample(speaking(speech, seconds), SAMPLE_RATE, 24000))
+
+
+def turns_with_pauses(speech: np.ndarray, seconds: list[float]) -> np.ndarray:
+    """A realtime stream at 24 kHz: a second of silence, then turns of speech of `seconds`
+    each followed by 1.5 s of silence (a server-VAD turn ends after 0.5 s of it)."""
+    pieces = [np.zeros(24000, np.float32)]
+    for length in seconds:
+        pieces += [at_24k(speech, length), np.zeros(36000, np.float32)]
+    return np.concatenate(pieces)
