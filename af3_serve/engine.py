@@ -67,11 +67,16 @@ def engine_kwargs(
     files, our architecture (and the thinking LoRA), the audios per prompt, and the sizes for
     the longest audio served (default: the checkpoint's limit), as `AudioSpec.engine_sizes`
     gives them. `args`: the user's engine flags, whose LoRA settings are kept when they fit."""
-    sizes = files.audio.limited(max_audio_seconds).engine_sizes(files.decoder_positions)
+    audio = files.audio.limited(max_audio_seconds)
+    sizes = audio.engine_sizes(files.decoder_positions)
     return {
         "model": files.model_dir,
         **model_engine_args(files, args),
-        "limit_mm_per_prompt": {"audio": max_audios},
+        # The API refuses more than `max_audios` audios; a realtime conversation sends its
+        # long turns cut at their 30-s windows (`AudioSpec.window_cuts`), so that their
+        # finished windows are prefilled while the turn is spoken. The engine's count is
+        # the clips'. It sizes no memory: vLLM's profile is bounded by the encoder budget.
+        "limit_mm_per_prompt": {"audio": max_audios * audio.max_windows},
         "max_model_len": sizes["max_model_len"],
         "max_num_batched_tokens": sizes["max_num_batched_tokens"],
     }

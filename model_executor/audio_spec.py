@@ -145,6 +145,16 @@ class AudioSpec:
         """Audio tokens of each window the encoder runs: the encoder's own output sizes."""
         return [tokens_after_pooling(frames) for frames in self.window_frame_counts(num_samples)]
 
+    def window_cuts(self, num_samples: int) -> list[int]:
+        """Where a clip can be cut into clips the model takes exactly as the whole: at its
+        30-s window boundaries (AF3 encodes each window alone, and its template writes the
+        audios' placeholders side by side), each cut leaving a token-bearing rest. None for
+        MusicFlamingo checkpoints, whose span tokens and rotary time belong to the whole."""
+        if self.audio_span_tokens:
+            return []
+        ends = range(self.window_samples, num_samples, self.window_samples)
+        return [end for end in ends if num_samples - end >= self.min_samples]
+
     def num_audio_tokens(self, num_samples: int) -> int:
         """Placeholder count: what the windows yield, equal to HF's formula over the summed
         mask of all windows (each full window adds an even 1,500 positions)."""

@@ -134,10 +134,12 @@ class InputPreparer:
         return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
 
     async def load_audios(self, refs: list[AudioRef], ticket: Ticket) -> list[np.ndarray]:
-        if len(refs) > self.max_audios:
+        # Audios are counted by their places in the request: the clips a realtime turn is
+        # cut into (`AudioSpec.window_cuts`) share their item's place, and count as one.
+        if (audios := len({ref.param for ref in refs})) > self.max_audios:
             raise APIError(
                 400,
-                f"At most {self.max_audios} audios may be sent in one request; got {len(refs)}.",
+                f"At most {self.max_audios} audios may be sent in one request; got {audios}.",
                 param="messages",
                 code="too_many_audios",
             )

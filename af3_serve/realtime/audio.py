@@ -68,25 +68,26 @@ class InputFormat:
 WAV_HEADER_BYTES = 44  # `wav`'s header: its PCM follows
 
 
-def wav(pcm16: bytes, rate: int) -> bytes:
-    """A mono 16-bit PCM WAV file around `pcm16`."""
+def wav(samples: bytes, rate: int, float32: bool = False) -> bytes:
+    """A mono WAV file around `samples`: 16-bit PCM, or 32-bit float (`float32`)."""
+    code, width = (3, 4) if float32 else (1, 2)  # WAVE_FORMAT_IEEE_FLOAT, WAVE_FORMAT_PCM
     header = struct.pack(
         "<4sI4s4sIHHIIHH4sI",
         b"RIFF",
-        36 + len(pcm16),
+        36 + len(samples),
         b"WAVE",
         b"fmt ",
         16,
-        1,  # PCM
+        code,
         1,  # mono
         rate,
-        rate * 2,
-        2,
-        16,
+        rate * width,
+        width,
+        8 * width,
         b"data",
-        len(pcm16),
+        len(samples),
     )
-    return header + pcm16
+    return header + samples
 
 
 class AudioBuffer:

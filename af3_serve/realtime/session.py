@@ -7,9 +7,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -22,6 +23,7 @@ from af3_serve.chat.protocol import ChatCompletionRequest
 from af3_serve.chat.serving import prepare_chat
 from af3_serve.chat.setup import ChatSetup
 from af3_serve.edge.errors import APIError
+from af3_serve.inputs.audio import decode_audio
 from af3_serve.inputs.media import b64decode
 from af3_serve.realtime.audio import (
     MIN_COMMIT_SECONDS,
@@ -30,6 +32,7 @@ from af3_serve.realtime.audio import (
     InputFormat,
     wav,
 )
+from af3_serve.realtime.prefill import clips, finished_windows
 from af3_serve.realtime.protocol import (
     ENDPOINT,
     AudioAppend,
@@ -69,6 +72,8 @@ from af3_serve.runtime import Runtime
 from af3_serve.serving import engine_dead_error
 from af3_serve.speech.protocol import LANGUAGES
 
+logger = logging.getLogger(__name__)
+
 # Larger client events are refused with an error event (below uvicorn's 16 MiB frame cap,
 # which would close the socket instead): 8 MiB of base64 is ~2 min of 24-kHz PCM.
 MAX_EVENT_BYTES = 8 * 2**20
@@ -86,6 +91,7 @@ class ConversationItem:
     role: str
     parts: list[tuple[str, str | bytes]]  # ("text", str) or ("audio", wav bytes)
     transcript: str | None = None
+    clips: dict[int, list[bytes]] = field(default_factory=dict)  # each audio part's, as sent
 
     def shown(self, audio: bool = False) -> Item:
         """The item as OpenAI shows it; `audio`: with its audio (16-bit PCM, base64)."""
@@ -139,6 +145,10 @@ class RealtimeSession:
         # the last committed turn's transcription (the next one's events wait for it).
         self.turn: tuple[TurnTranscript, asyncio.Task] | None = None
         self.last_turn: asyncio.Task | None = None
+        # A conversation turn's windows prefilled while it is spoken (prefill.py), and the
+        # prefill under way.
+        self.prefilled = 0
+        self.prefill: asyncio.Task | None = None
         self.tasks: set[asyncio.Task] = set()
         self.response: tuple[str, asyncio.Task] | None = None
         # What the session did, for its access-log line: turns, audio_seconds, responses,
@@ -309,6 +319,7 @@ class RealtimeSession:
                 self.buffer.drop_before(self.buffer.end_ms - detector.config.prefix_padding_ms)
                 return
         self._offer_turn()
+        self._prefill_turn()
 
     def _offer_turn(self) -> None:
         """A long turn's finished windows are transcribed while it is still spoken."""
@@ -328,10 +339,33 @@ class RealtimeSession:
         )
         return turn, self._spawn(turn.run())
 
+    def _prefill_turn(self) -> None:
+        """A conversation turn's newly finished windows are prefilled (prefill.py)."""
+        if self.settings.type != "realtime" or self._audios() >= self._max_audios:
+            return
+        if self._unprefilled() and (self.prefill is None or self.prefill.done()):
+            self.prefill = self._spawn(self._prefill_windows(self.counts["turns"]))
+
+    def _unprefilled(self) -> int:
+        """The buffered turn's finished windows, when some are not prefilled yet."""
+        windows = finished_windows(self.buffer.seconds, self.runtime.inputs.spec)
+        return windows if windows > self.prefilled else 0
+
+    async def _prefill_windows(self, turn: int) -> None:
+        """One prefill at a time, each of every window finished by its start, until the
+        turn's finished windows are all prefilled or the turn is committed."""
+        while self.counts["turns"] == turn and (windows := self._unprefilled()):
+            self.prefilled = windows
+            await self._prefill(self.buffer.peek(), windows)
+
     def _drop_turn(self) -> None:
+        """The buffered turn is gone (cleared, or a new one began): so is its work."""
         if self.turn is not None:
             self.turn[1].cancel()
             self.turn = None
+        if self.prefill is not None:
+            self.prefill.cancel()
+        self.prefilled = 0
 
     async def _boundary(self, boundary: SpeechBoundary) -> None:
         """What a turn detector heard: speech started (the turn's item is named), or
@@ -383,6 +417,8 @@ class RealtimeSession:
         metrics.REALTIME_AUDIO_SECONDS.inc(seconds)
         item = ConversationItem(self.next_item_id or new_id("item"), "user", [("audio", audio)])
         self.next_item_id = None
+        # The turn's prefill, if under way, goes on: the answer uses its blocks.
+        self.prefill, self.prefilled = None, 0
         previous = self.last_item_id
         await self.send(
             BufferEvent(
@@ -399,9 +435,15 @@ class RealtimeSession:
             turn.finish(audio)
         self.turn = None
 
+    def _audios(self) -> int:
+        return sum(kind == "audio" for i in self.items for kind, _ in i.parts)
+
+    @property
+    def _max_audios(self) -> int:
+        return self.runtime.config.max_audios_per_request
+
     def _check_audio_room(self) -> None:
-        audios = sum(kind == "audio" for i in self.items for kind, _ in i.parts)
-        limit = self.runtime.config.max_audios_per_request
+        audios, limit = self._audios(), self._max_audios
         if audios >= limit:
             raise _invalid(
                 f"This conversation holds {audios} audio turns, the most one response can "
@@ -522,16 +564,30 @@ class RealtimeSession:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def _messages(self, instructions: str | None) -> tuple[list[dict], list[str]]:
-        """The conversation as chat messages (a run of user items is one user turn, in
-        order), with each audio's place named for errors."""
+    async def _cut(self, item: ConversationItem) -> None:
+        """The item's audio parts as clips (prefill.py), decoded as an upload is, once."""
+        inputs = self.runtime.inputs
+        for j, (kind, value) in enumerate(item.parts):
+            if kind == "audio" and j not in item.clips:
+                param = f"item[{item.id}].content[{j}]"
+                pcm = await inputs.off_loop(decode_audio, value, inputs.limits, param)
+                item.clips[j] = clips(pcm, inputs.spec)
+
+    async def _messages(
+        self, instructions: str | None, turn: ConversationItem | None = None
+    ) -> tuple[list[dict], list[str]]:
+        """The conversation (and the `turn` being spoken) as chat messages (a run of user
+        items is one user turn, in order), with each audio's place named for errors."""
+        items = [*self.items, turn] if turn is not None else self.items
+        for item in items:
+            await self._cut(item)
         messages: list[dict[str, Any]] = []
         params: list[str] = []
         system = [instructions] if instructions else []
-        system += [str(v) for i in self.items if i.role == "system" for _, v in i.parts]
+        system += [str(v) for i in items if i.role == "system" for _, v in i.parts]
         if system:
             messages.append({"role": "system", "content": "\n\n".join(system)})
-        for item in self.items:
+        for item in items:
             if item.role == "system":
                 continue
             if item.role == "assistant":
@@ -540,15 +596,52 @@ class RealtimeSession:
                 continue
             if not messages or messages[-1]["role"] != "user":
                 messages.append({"role": "user", "content": []})
-            for kind, value in item.parts:
-                if kind == "audio":
-                    data = base64.b64encode(value).decode()  # type: ignore[arg-type]
+            for j, (kind, value) in enumerate(item.parts):
+                if kind == "text":
+                    messages[-1]["content"].append({"type": "text", "text": value})
+                    continue
+                for clip in item.clips[j]:  # one audio, in its place
+                    data = base64.b64encode(clip).decode()
                     part = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
-                    params.append(f"item[{item.id}]")
-                else:
-                    part = {"type": "text", "text": value}
-                messages[-1]["content"].append(part)
+                    messages[-1]["content"].append(part)
+                    params.append(f"item[{item.id}].content[{j}]")
         return messages, params
+
+    def _chat_body(self, messages: list[dict], max_tokens: int | str) -> ChatCompletionRequest:
+        return ChatCompletionRequest.model_validate(
+            {
+                "model": self.settings.model,
+                "messages": messages,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                **({"max_tokens": max_tokens} if isinstance(max_tokens, int) else {}),
+            }
+        )
+
+    async def _prefill(self, audio: bytes, windows: int) -> None:
+        """The conversation so far and the spoken turn's first `windows` windows (`audio`:
+        the turn so far, a WAV file), for one token: their encoder work and prefill land in
+        the prefix cache. Best effort: a refusal (the server busy) leaves it to the answer."""
+        inputs = self.runtime.inputs
+        served = None
+        try:
+            pcm = await inputs.off_loop(decode_audio, audio, inputs.limits, "audio")
+            turn = ConversationItem("turn", "user", [("audio", b"")])
+            turn.clips[0] = clips(pcm[: windows * inputs.spec.window_samples], inputs.spec)
+            messages, params = await self._messages(self.settings.instructions, turn)
+            body = self._chat_body(messages, 1)
+            answer = await prepare_chat(
+                body, self.ws, self.runtime, self.chat, ENDPOINT, audio_params=params
+            )
+            served = answer.served
+            async with contextlib.aclosing(answer.chunk_models()) as chunks:
+                async for _ in chunks:
+                    pass
+        except (APIError, EngineDeadError) as exc:
+            logger.info("realtime session %s: a turn's prefill was not run: %s", self.id, exc)
+        finally:
+            if served is not None:
+                served.release()
 
     async def _respond(self, response_id: str, config: Any) -> None:
         s = self.settings
@@ -561,18 +654,10 @@ class RealtimeSession:
         outcome = "failed"
         text = ""
         try:
-            messages, params = self._messages(instructions)
+            messages, params = await self._messages(instructions)
             if not any(m["role"] != "system" for m in messages):
                 raise _invalid("The conversation is empty: commit audio or create an item first.")
-            body = ChatCompletionRequest.model_validate(
-                {
-                    "model": s.model,
-                    "messages": messages,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                    **({"max_tokens": max_output} if isinstance(max_output, int) else {}),
-                }
-            )
+            body = self._chat_body(messages, max_output)
             answer = await prepare_chat(
                 body, self.ws, self.runtime, self.chat, ENDPOINT, audio_params=params
             )

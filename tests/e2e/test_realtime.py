@@ -4,6 +4,7 @@ the same audio (greedy), a turn past 30 s included; a conversation session answe
 what it heard; hostile events leave it usable. The event shapes and orders are checked
 in-process in tests/http/test_realtime.py."""
 
+import asyncio
 import base64
 import json
 
@@ -14,7 +15,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.support.audio_files import at_24k, encode, pcm16, turns_with_pauses
+from af3_bench.stats import prefix_hit
+from af3_model_executor.audio_spec import AudioSpec
+from tests.support.audio_files import at_24k, audio_part, encode, pcm16, turns_with_pauses
 from tests.support.server import API_KEY, wait_for
 
 MODEL = "audio-flamingo-3"
@@ -241,3 +244,34 @@ async def test_server_vad_answers_a_turn(rt_client, speech) -> None:
     ]
     assert "response.created" in kinds and events[-1].response.status in ("completed", "incomplete")
     assert events[-1].response.usage.input_token_details.audio_tokens > 0
+
+
+@pytest.mark.asyncio
+async def test_long_turn_is_prefilled_while_spoken(rt_client, server, speech) -> None:
+    """A 65-s conversation turn: its two finished windows are prefilled (one token each)
+    while it is spoken, so the answer finds them in the prefix cache; its prompt is REST's
+    for the same audio sent whole."""
+    audio = at_24k(speech, 65.0)
+    before = finished(server)
+    async with rt_client.realtime.connect(model=MODEL) as conn:
+        await conn.recv()
+        await conn.session.update(session={"type": "realtime", "max_output_tokens": 4})
+        assert (await conn.recv()).type == "session.updated"
+        await stream(conn, audio, chunk_s=1.0)
+        for _ in range(600):  # the two prefills run to their end (polled, the socket kept)
+            if finished(server) == before + 2:
+                break
+            await asyncio.sleep(0.5)
+        await conn.input_audio_buffer.commit()
+        await conn.response.create()
+        done = (await until(conn, "response.done"))[-1].response
+    rest = await rt_client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": [audio_part(audio, rate=24000)]}],
+        max_tokens=4,
+    )
+    assert done.usage.input_tokens == rest.usage.prompt_tokens
+    details = done.usage.input_token_details
+    assert details.audio_tokens == rest.usage.prompt_tokens_details.audio_tokens
+    window_tokens = AudioSpec().window_token_counts(AudioSpec().window_samples)[0]
+    assert prefix_hit(details.cached_tokens, 2 * window_tokens), details

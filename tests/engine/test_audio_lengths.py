@@ -110,3 +110,32 @@ def test_a_clip_under_one_token_is_refused_and_the_engine_serves_on(served: Serv
     with pytest.raises(ValueError, match=f"maximum is {served.spec.max_audio_seconds} s"):
         generate(served, prompt, clip_of(speech, served.spec.max_samples + 1))
     assert generate(served, prompt, clip_of(speech, served.spec.window_samples + 1))
+
+
+def test_an_audio_cut_at_its_windows_is_served_as_the_whole(llm, tiny_checkpoint, speech):
+    """An AF3 audio cut at `AudioSpec.window_cuts` (as a realtime conversation sends a long
+    turn) is the whole to the model: the same prompt tokens, greedy answer and logprobs."""
+    spec = AudioSpec.from_pretrained(tiny_checkpoint)
+    window, params = spec.window_samples, SamplingParams(max_tokens=8, temperature=0, logprobs=3)
+    # Two windows and 5 s; a rest of one token; a tokenless tail, left on the last clip.
+    for n in (2 * window + 5 * SAMPLE_RATE, 2 * window + spec.min_samples, window + 100):
+        clip = clip_of(speech, n)
+        pieces = np.split(clip, spec.window_cuts(n))
+        assert len(pieces) == -(-n // window) - (n % window < spec.min_samples)
+        whole, cut = (
+            llm.generate(
+                {
+                    "prompt": chat_prompt(tiny_checkpoint, num_audios=len(audios)),
+                    "multi_modal_data": {"audio": [(a, SAMPLE_RATE) for a in audios]},
+                },
+                params,
+            )[0]
+            for audios in ([clip], pieces)
+        )
+        assert cut.prompt_token_ids == whole.prompt_token_ids
+        assert cut.outputs[0].token_ids == whole.outputs[0].token_ids
+        for ours, reference in zip(cut.outputs[0].logprobs, whole.outputs[0].logprobs, strict=True):
+            assert ours.keys() == reference.keys()
+            assert all(
+                ours[t].logprob == pytest.approx(reference[t].logprob, abs=1e-4) for t in ours
+            )

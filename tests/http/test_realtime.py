@@ -2,6 +2,7 @@
 conversation sessions, in order and shaped as the `openai` client's types; the limits and
 faults (keys, session limit, buffer bound, bad events, dropped sockets)."""
 
+import asyncio
 import base64
 import json
 import logging
@@ -14,6 +15,7 @@ from pydantic import TypeAdapter
 from tests.support.audio_files import (
     as_pcm16,
     at_24k,
+    audio_part,
     encode,
     pcm16,
     speaking,
@@ -21,6 +23,7 @@ from tests.support.audio_files import (
     turns_with_pauses,
 )
 from tests.support.http_helpers import (
+    CHAT,
     MODEL,
     THINK_MODEL,
     TRANSCRIPTIONS,
@@ -384,6 +387,50 @@ async def test_conversation_turns_and_responses(api: InProcess, speech) -> None:
         second_prompt = api.engine.prompts[api.engine.started[-1]]
         assert second_prompt[: len(first_prompt)] == first_prompt
         assert api.engine.tokenizer.decode(second_prompt).count(text.strip()) == 1
+
+
+@pytest.mark.asyncio
+async def test_long_turn_is_prefilled_while_spoken(api: InProcess, speech) -> None:
+    """A 65-s turn of a conversation: its two finished 30-s windows go to the engine (one
+    token, behind the conversation so far) before the turn ends, as audios of their own;
+    the answer's audios begin with them (the prefix cache holds their blocks), and its
+    prompt is the REST prompt of the same audio sent whole, token for token."""
+    audio = at_24k(speech, 65.0)
+    greeting = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "Listen."}],
+    }
+    async with realtime_socket(api.app, f"model={MODEL}") as ws:
+        await conversation(ws)
+        await ws.send({"type": "conversation.item.create", "item": greeting})
+        await ws.recv_until("conversation.item.done")
+        for event in append(audio, chunk_s=5.0):
+            await ws.send(event)
+
+        def prefills() -> list[list[str]]:  # the audios of each one-token request
+            started = api.engine.started
+            return [api.engine.audios[r] for r in started if api.engine.params[r].max_tokens == 1]
+
+        for _ in range(500):  # the last window finished as the audio ends: 64 s in
+            if len(prefills()) == 2:
+                break
+            await asyncio.sleep(0.01)
+        first, last = prefills()
+        assert len(first) == 1 and len(last) == 2 and last[0] == first[0]
+        await ws.send({"type": "input_audio_buffer.commit"})
+        await ws.send({"type": "response.create"})
+        done = checked(await ws.recv_until("response.done"))[-1]
+    assert done["response"]["status"] in ("completed", "incomplete")
+    answer = api.engine.started[-1]
+    assert api.engine.audios[answer][:2] == last and len(api.engine.audios[answer]) == 3
+    assert len(prefills()) == 2  # no window prefilled twice
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Listen."}]}]
+    messages[0]["content"].append(audio_part(audio, rate=24000))
+    rest = await api.client.post(CHAT, json={"model": MODEL, "messages": messages})
+    assert rest.status_code == 200, rest.text
+    assert api.engine.prompts[api.engine.started[-1]] == api.engine.prompts[answer]
+    assert len(api.engine.audios[api.engine.started[-1]]) == 1
 
 
 @pytest.mark.asyncio

@@ -59,3 +59,18 @@ def test_the_length_limits_are_named() -> None:
     assert short.code == "audio_too_short" and "minimum is 321 samples" in str(short)
     long = spec.length_error(spec.max_samples + 1)
     assert long.code == "audio_too_long" and "maximum is 600 s" in str(long)
+
+
+def test_window_cuts() -> None:
+    """AF3 clips are cut at 30-s boundaries that leave a token after them (the tokenless
+    tail stays on the last clip, as the whole drops it); MusicFlamingo's never."""
+    spec = AudioSpec()
+    window, least = spec.window_samples, spec.min_samples
+    assert spec.window_cuts(window) == []
+    assert spec.window_cuts(window + least - 1) == []
+    assert spec.window_cuts(window + least) == [window]
+    assert spec.window_cuts(3 * window + 5) == [window, 2 * window]
+    for n in random_lengths(spec, 20, seed=3, max_windows=5):
+        pieces = np.split(np.zeros(n), spec.window_cuts(n))
+        assert sum(spec.num_audio_tokens(p.size) for p in pieces) == spec.num_audio_tokens(n)
+    assert AudioSpec(audio_span_tokens=True).window_cuts(3 * window) == []

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from af3_model_executor.audio_spec import AudioSpec
 from af3_serve.edge.errors import APIError
 from af3_serve.inputs.audio import AudioLimits, decode_audio
 from af3_serve.inputs.media import b64decode
-from af3_serve.realtime.audio import AudioBuffer, InputFormat
+from af3_serve.realtime.audio import AudioBuffer, InputFormat, wav
+from af3_serve.realtime.prefill import clips, finished_windows
 from af3_serve.realtime.protocol import AudioFormat, TurnDetection
 from af3_serve.realtime.turns import ServerVad, SpeechBoundary, turn_detector
 from tests.support.audio_files import at_24k, pcm16
@@ -125,3 +127,22 @@ def test_buffer_timeline() -> None:
     assert buffer.start_ms == 1500
     buffer.clear()
     assert (buffer.start_ms, buffer.size) == (2280, 0)
+
+
+def test_finished_windows_are_final_and_cut_as_the_whole() -> None:
+    """A turn's first windows, decoded from the turn so far (its last second left open),
+    are the whole turn's first clips sample for sample: their prefill is the answer's."""
+    spec = AudioSpec()
+    rng = np.random.default_rng(7)
+    turn = pcm16(rng.standard_normal(24000 * 95).astype(np.float32) * 0.1)
+    limits = AudioLimits(600, 2**31)
+    whole = clips(decode_audio(wav(turn, 24000), limits, "a"), spec)
+    assert len(whole) == 4
+    assert finished_windows(30.9, spec) == 0
+    for seconds in (31.0, 64.0, 90.0, 91.0):
+        windows = finished_windows(seconds, spec)
+        assert windows == int((seconds - 1) // 30)
+        so_far = decode_audio(wav(turn[: int(seconds * 24000) * 2], 24000), limits, "a")
+        assert clips(so_far[: windows * spec.window_samples], spec) == whole[:windows]
+        assert decode_audio(whole[0], limits, "a").size == spec.window_samples
+    assert finished_windows(300.0, AudioSpec(audio_span_tokens=True)) == 0

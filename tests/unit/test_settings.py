@@ -29,7 +29,8 @@ def test_af3_defaults_for_long_audio(vllm_config) -> None:
     assert config.cache_config.enable_prefix_caching
     assert config.scheduler_config.encoder_cache_size >= 4 * 15000
     assert config.model_config.architectures == ["AF3ServeForConditionalGeneration"]
-    assert config.model_config.multimodal_config.limit_per_prompt["audio"].count == 8
+    # 8 audios, each of up to 20 windows: a realtime conversation sends clips (engine.py).
+    assert config.model_config.multimodal_config.limit_per_prompt["audio"].count == 8 * 20
 
 
 def test_fp8_weights_and_kv_cache_reach_the_engine(vllm_config) -> None:
@@ -50,7 +51,9 @@ def test_parallelism_and_scheduler_flags_reach_the_engine(vllm_config) -> None:
 
 def test_our_flags_and_the_engine_limit_agree(vllm_config) -> None:
     config = vllm_config("--max-audios-per-request", "3", "--dtype", "float32")
-    assert config.model_config.multimodal_config.limit_per_prompt["audio"].count == 3
+    assert config.model_config.multimodal_config.limit_per_prompt["audio"].count == 3 * 20
+    limited = vllm_config("--max-audios-per-request", "3", "--max-audio-seconds", "60")
+    assert limited.model_config.multimodal_config.limit_per_prompt["audio"].count == 3 * 2
 
 
 def test_a_lora_rank_below_the_thinking_adapters_is_refused(vllm_config) -> None:
