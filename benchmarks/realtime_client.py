@@ -179,11 +179,17 @@ class Stamp:
     previous_item_id: str | None = None
     response_id: str | None = None
     detail: str | None = None  # an error's code and message
+    tokens: tuple[int, int] | None = None  # a response's input tokens, and those cached
 
 
 def stamp(event: Any, t: float) -> Stamp:
     response = getattr(event, "response", None)
     error = getattr(event, "error", None)
+    usage = getattr(response, "usage", None)
+    tokens = None
+    if usage is not None and usage.input_tokens is not None:
+        details = usage.input_token_details
+        tokens = (usage.input_tokens, (details.cached_tokens or 0) if details else 0)
     return Stamp(
         t,
         event.type,
@@ -191,6 +197,7 @@ def stamp(event: Any, t: float) -> Stamp:
         getattr(event, "previous_item_id", None),
         getattr(event, "response_id", None) or getattr(response, "id", None),
         f"{error.code}: {error.message}" if error is not None else None,
+        tokens,
     )
 
 
@@ -345,6 +352,9 @@ def turn_timing(events: Sequence[Stamp], end_of_speech: float) -> dict[str, Any]
         hit = _first(events, lambda e: e.type == kind and getattr(e, key) == value)
         return None if hit is None or value is None else round(hit.t - end_of_speech, 4)
 
+    done = _first(events, lambda e: e.type == RESPONSE_DONE and e.response_id == response)
+    tokens = done.tokens if done is not None and response is not None else None
+
     return {
         "item_id": item,
         "speech_stopped": since(SPEECH_STOPPED, "item_id", item),
@@ -354,6 +364,10 @@ def turn_timing(events: Sequence[Stamp], end_of_speech: float) -> dict[str, Any]
         "transcription_failed": since(FAILED, "item_id", item),
         "first_text_delta": since(TEXT_DELTA, "response_id", response),
         "response_done": since(RESPONSE_DONE, "response_id", response),
+        # The answer's prompt, and how much of it the prefix cache held (the turn's windows
+        # prefilled while it was spoken, for AF3).
+        "answer_input_tokens": tokens[0] if tokens else None,
+        "answer_cached_tokens": tokens[1] if tokens else None,
     }
 
 

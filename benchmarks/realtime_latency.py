@@ -20,7 +20,9 @@ sent, to `input_audio_buffer.speech_stopped`, the turn's first transcription del
 its own, so no cache is shared) as one 24-kHz WAV file at once and times it from sending:
 a transcription, streamed (first delta, done), for the transcription cell; a streamed chat
 with the session's conversation (instructions and the audio; time to the first content
-token) and the transcription beside it, for the conversation cell. Realtime and REST
+token) and the transcription beside it, for the conversation cell. A conversation's answer
+also reports its input tokens and those the prefix cache held (`answer_cached_tokens`: an AF3
+turn's windows prefilled while it was spoken, and the instructions). Realtime and REST
 cells alternate in order from round to round; each cell is reported as median/min/max.
 
     python -m benchmarks.realtime_latency --preset bench --turns 5,30,90 --rounds 3 \\
@@ -74,6 +76,8 @@ MEASURES = {
         "transcription_completed",
         "first_text_delta",
         "response_done",
+        "answer_input_tokens",
+        "answer_cached_tokens",
     ),
     ("rest", "transcription"): ("first_transcription_delta", "transcription_completed"),
     ("rest", "conversation"): (

@@ -5,6 +5,8 @@ audio a client sends (no server, no clock)."""
 import base64
 
 import numpy as np
+from openai.types.realtime.realtime_server_event import RealtimeServerEvent
+from pydantic import TypeAdapter
 
 from benchmarks.realtime_client import (
     CHUNK_S,
@@ -22,11 +24,14 @@ from benchmarks.realtime_client import (
     pieces,
     signed,
     spread,
+    stamp,
     tail,
     turn_timing,
 )
 from benchmarks.realtime_latency import answered
 from benchmarks.realtime_sessions import settled
+
+SERVER_EVENT = TypeAdapter(RealtimeServerEvent)
 
 
 def committed(t: float, item: str, previous: str | None) -> Stamp:
@@ -46,7 +51,7 @@ def test_turn_timing_follows_the_turn_committed_after_the_speech() -> None:
         Stamp(10.9, TEXT_DELTA, response_id="r1"),
         Stamp(11.0, TRANSCRIPT_DELTA, "b"),
         Stamp(11.5, COMPLETED, "b"),
-        Stamp(12.0, RESPONSE_DONE, response_id="r1"),
+        Stamp(12.0, RESPONSE_DONE, response_id="r1", tokens=(2300, 1536)),
     ]
     timing = turn_timing(events, end_of_speech=10.0)
     assert timing["item_id"] == "b"
@@ -54,7 +59,30 @@ def test_turn_timing_follows_the_turn_committed_after_the_speech() -> None:
     assert timing["first_transcription_delta"] == -1.0
     assert timing["transcription_completed"] == 1.5 and timing["transcription_failed"] is None
     assert timing["first_text_delta"] == 0.9 and timing["response_done"] == 2.0
+    assert (timing["answer_input_tokens"], timing["answer_cached_tokens"]) == (2300, 1536)
     assert answered(timing, "conversation", late_error=False)
+
+
+def test_a_response_done_stamp_keeps_its_token_counts() -> None:
+    done = SERVER_EVENT.validate_python(
+        {
+            "type": RESPONSE_DONE,
+            "event_id": "e",
+            "response": {
+                "id": "r1",
+                "object": "realtime.response",
+                "usage": {
+                    "input_tokens": 2300,
+                    "output_tokens": 4,
+                    "total_tokens": 2304,
+                    "input_token_details": {"cached_tokens": 1536},
+                },
+            },
+        }
+    )
+    assert stamp(done, 1.0).tokens == (2300, 1536)
+    unused = done.response.model_copy(update={"usage": None})
+    assert stamp(done.model_copy(update={"response": unused}), 1.0).tokens is None
 
 
 def test_a_turn_not_committed_yet_has_no_times() -> None:
