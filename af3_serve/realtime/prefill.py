@@ -10,22 +10,38 @@ reads ahead: earlier samples are final, see transcript.py) is sent behind the co
 so far for one token, so the encoder and the prefill of those windows are done by the
 turn's end; the answer then waits for the last window and what follows it only.
 
-The clips are 16-kHz float32 WAV files of the samples an upload of the turn decodes to:
-the engine gets exactly the audio it would have got whole."""
+The clips are 16-kHz float32 WAV files of the samples an upload of the turn decodes to
+(the engine gets exactly the audio it would have got whole), base64-encoded once, as a chat
+message carries them."""
+
+import base64
 
 import numpy as np
 
 from af3_model_executor.audio_spec import AudioSpec
 from af3_model_executor.constants import SAMPLE_RATE
+from af3_serve.inputs.audio import AudioLimits, decode_audio
 from af3_serve.realtime.audio import wav
 from af3_serve.realtime.transcript import OPEN_TAIL_S
 
 
-def clips(pcm: np.ndarray, spec: AudioSpec) -> list[bytes]:
-    """A turn's 16-kHz PCM as the clips a conversation sends (one where the model's audio
-    cannot be cut)."""
+def clips(pcm: np.ndarray, spec: AudioSpec) -> list[str]:
+    """16-kHz PCM as the clips a conversation sends (one where the model's audio cannot be
+    cut), each a float32 WAV file in base64."""
     pieces = np.split(pcm, spec.window_cuts(pcm.size))
-    return [wav(piece.tobytes(), SAMPLE_RATE, float32=True) for piece in pieces]
+    return [
+        base64.b64encode(wav(piece.tobytes(), SAMPLE_RATE, float32=True)).decode()
+        for piece in pieces
+    ]
+
+
+def decoded_clips(
+    audio: bytes, limits: AudioLimits, spec: AudioSpec, param: str, windows: int | None = None
+) -> list[str]:
+    """A WAV file (a committed turn, or its first `windows` windows) decoded as an upload
+    is, as `clips`: CPU work, for the decode workers."""
+    pcm = decode_audio(audio, limits, param)
+    return clips(pcm if windows is None else pcm[: windows * spec.window_samples], spec)
 
 
 def finished_windows(seconds: float, spec: AudioSpec) -> int:

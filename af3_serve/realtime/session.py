@@ -23,7 +23,6 @@ from af3_serve.chat.protocol import ChatCompletionRequest
 from af3_serve.chat.serving import prepare_chat
 from af3_serve.chat.setup import ChatSetup
 from af3_serve.edge.errors import APIError
-from af3_serve.inputs.audio import decode_audio
 from af3_serve.inputs.media import b64decode
 from af3_serve.realtime.audio import (
     MIN_COMMIT_SECONDS,
@@ -32,7 +31,7 @@ from af3_serve.realtime.audio import (
     InputFormat,
     wav,
 )
-from af3_serve.realtime.prefill import clips, finished_windows
+from af3_serve.realtime.prefill import decoded_clips, finished_windows
 from af3_serve.realtime.protocol import (
     ENDPOINT,
     AudioAppend,
@@ -91,7 +90,7 @@ class ConversationItem:
     role: str
     parts: list[tuple[str, str | bytes]]  # ("text", str) or ("audio", wav bytes)
     transcript: str | None = None
-    clips: dict[int, list[bytes]] = field(default_factory=dict)  # each audio part's, as sent
+    clips: dict[int, list[str]] = field(default_factory=dict)  # each audio part's, as sent
 
     def shown(self, audio: bool = False) -> Item:
         """The item as OpenAI shows it; `audio`: with its audio (16-bit PCM, base64)."""
@@ -570,15 +569,16 @@ class RealtimeSession:
         for j, (kind, value) in enumerate(item.parts):
             if kind == "audio" and j not in item.clips:
                 param = f"item[{item.id}].content[{j}]"
-                pcm = await inputs.off_loop(decode_audio, value, inputs.limits, param)
-                item.clips[j] = clips(pcm, inputs.spec)
+                item.clips[j] = await inputs.off_loop(
+                    decoded_clips, value, inputs.limits, inputs.spec, param
+                )
 
     async def _messages(
         self, instructions: str | None, turn: ConversationItem | None = None
     ) -> tuple[list[dict], list[str]]:
         """The conversation (and the `turn` being spoken) as chat messages (a run of user
         items is one user turn, in order), with each audio's place named for errors."""
-        items = [*self.items, turn] if turn is not None else self.items
+        items = [*self.items, *([turn] if turn is not None else [])]  # as they are now
         for item in items:
             await self._cut(item)
         messages: list[dict[str, Any]] = []
@@ -601,8 +601,7 @@ class RealtimeSession:
                     messages[-1]["content"].append({"type": "text", "text": value})
                     continue
                 for clip in item.clips[j]:  # one audio, in its place
-                    data = base64.b64encode(clip).decode()
-                    part = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+                    part = {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}}
                     messages[-1]["content"].append(part)
                     params.append(f"item[{item.id}].content[{j}]")
         return messages, params
@@ -625,9 +624,10 @@ class RealtimeSession:
         inputs = self.runtime.inputs
         served = None
         try:
-            pcm = await inputs.off_loop(decode_audio, audio, inputs.limits, "audio")
             turn = ConversationItem("turn", "user", [("audio", b"")])
-            turn.clips[0] = clips(pcm[: windows * inputs.spec.window_samples], inputs.spec)
+            turn.clips[0] = await inputs.off_loop(
+                decoded_clips, audio, inputs.limits, inputs.spec, "audio", windows
+            )
             messages, params = await self._messages(self.settings.instructions, turn)
             body = self._chat_body(messages, 1)
             answer = await prepare_chat(

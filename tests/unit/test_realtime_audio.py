@@ -2,6 +2,7 @@
 the same audio uploaded as a file; G.711 as the standard's tables; the buffer's bound and
 its timeline; server VAD on real speech."""
 
+import base64
 import io
 
 import numpy as np
@@ -13,7 +14,7 @@ from af3_serve.edge.errors import APIError
 from af3_serve.inputs.audio import AudioLimits, decode_audio
 from af3_serve.inputs.media import b64decode
 from af3_serve.realtime.audio import AudioBuffer, InputFormat, wav
-from af3_serve.realtime.prefill import clips, finished_windows
+from af3_serve.realtime.prefill import decoded_clips, finished_windows
 from af3_serve.realtime.protocol import AudioFormat, TurnDetection
 from af3_serve.realtime.turns import ServerVad, SpeechBoundary, turn_detector
 from tests.support.audio_files import at_24k, pcm16
@@ -136,13 +137,14 @@ def test_finished_windows_are_final_and_cut_as_the_whole() -> None:
     rng = np.random.default_rng(7)
     turn = pcm16(rng.standard_normal(24000 * 95).astype(np.float32) * 0.1)
     limits = AudioLimits(600, 2**31)
-    whole = clips(decode_audio(wav(turn, 24000), limits, "a"), spec)
-    assert len(whole) == 4
+    whole = decoded_clips(wav(turn, 24000), limits, spec, "a")
+    samples = [decode_audio(base64.b64decode(c), limits, "a") for c in whole]
+    assert [s.size for s in samples] == [spec.window_samples] * 3 + [5 * 16000]
+    assert np.array_equal(np.concatenate(samples), decode_audio(wav(turn, 24000), limits, "a"))
     assert finished_windows(30.9, spec) == 0
     for seconds in (31.0, 64.0, 90.0, 91.0):
         windows = finished_windows(seconds, spec)
         assert windows == int((seconds - 1) // 30)
-        so_far = decode_audio(wav(turn[: int(seconds * 24000) * 2], 24000), limits, "a")
-        assert clips(so_far[: windows * spec.window_samples], spec) == whole[:windows]
-        assert decode_audio(whole[0], limits, "a").size == spec.window_samples
+        so_far = wav(turn[: int(seconds * 24000) * 2], 24000)
+        assert decoded_clips(so_far, limits, spec, "a", windows) == whole[:windows]
     assert finished_windows(300.0, AudioSpec(audio_span_tokens=True)) == 0
