@@ -963,6 +963,12 @@ def main() -> None:
     parser.add_argument("--request-timeout", type=float, default=600.0, help="hang past it")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds")
     parser.add_argument("--server-vad", choices=SERVER_VAD_CHOICES, default="auto")
+    parser.add_argument(
+        "--preload",
+        help="a malloc for the server's processes (LD_PRELOAD), as vLLM's CPU docs advise: "
+        "e.g. /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 (Debian's "
+        "libtcmalloc-minimal4); default: none, glibc's malloc",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("server_flags", nargs="*", help="af3-serve flags, after --")
     parser.add_argument("--cut", type=Path, help="instead of a run: a result file to cut")
@@ -978,6 +984,8 @@ def main() -> None:
 
     checkpoint = harness.bench_checkpoint(args.preset)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    if args.preload:
+        env["LD_PRELOAD"] = args.preload
     flags = [
         *("--api-key", KEY, "--served-model-name", MODEL, *ENGINE, "--no-demo-page"),
         *("--num-gpu-blocks-override", str(args.kv_cache_tokens // KV_BLOCK_TOKENS)),
@@ -989,6 +997,7 @@ def main() -> None:
         "machine": harness.machine(),
         "build": f"CPU build: {build()}",
         "checkpoint": f"random-weight {args.preset} preset",
+        "malloc": args.preload or "glibc (nothing preloaded)",
         "load_average_at_start": os.getloadavg(),
         "config": {k: v for k, v in vars(args).items() if k != "out"} | {"server": flags},
     }
