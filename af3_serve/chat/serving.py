@@ -190,6 +190,7 @@ async def prepare_chat(
     setup: ChatSetup,
     endpoint: str = "chat",
     audio_params: list[str] | None = None,
+    audios: int | None = None,
 ) -> ChatAnswer:
     """Everything before the engine, along `ServedRequest`'s path: vLLM's checks of the
     body, the tool settings' refusals and constraint, the prompt (audio decoded, template
@@ -197,7 +198,8 @@ async def prepare_chat(
     400s before the engine, or a stream, sees the request. `endpoint` labels the metrics
     and `audio_params` names each audio's place in the client's own request, where it is not
     chat's `messages[...]` (the Responses API translates its body into a chat request and
-    reuses all of this)."""
+    reuses all of this); `audios`, how many audios the audio parts are, where fewer (a
+    realtime conversation's long turn is sent as clips)."""
     think = runtime.models.is_think(body.model, body.thinking)
     check_stream_options(body)
     view = vllm_view(body)  # vLLM's checks of the fields it shares with us
@@ -222,6 +224,7 @@ async def prepare_chat(
             refs,
             ticket,
             think,
+            audios,
             add_generation_prompt=body.add_generation_prompt,
             continue_final_message=body.continue_final_message,
             template_kwargs=body.chat_template_kwargs,

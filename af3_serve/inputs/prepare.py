@@ -133,10 +133,12 @@ class InputPreparer:
         pool = self.turn_pool if live else self.decode_pool
         return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
 
-    async def load_audios(self, refs: list[AudioRef], ticket: Ticket) -> list[np.ndarray]:
-        # Audios are counted by their places in the request: the clips a realtime turn is
-        # cut into (`AudioSpec.window_cuts`) share their item's place, and count as one.
-        if (audios := len({ref.param for ref in refs})) > self.max_audios:
+    async def load_audios(
+        self, refs: list[AudioRef], ticket: Ticket, audios: int | None = None
+    ) -> list[np.ndarray]:
+        """The refs' audios, decoded. `audios`: how many audios they are, where fewer than
+        the refs (a realtime conversation sends a long turn as clips, realtime/prefill.py)."""
+        if (audios := len(refs) if audios is None else audios) > self.max_audios:
             raise APIError(
                 400,
                 f"At most {self.max_audios} audios may be sent in one request; got {audios}.",
@@ -156,12 +158,14 @@ class InputPreparer:
         refs: list[AudioRef],
         ticket: Ticket,
         think: bool = False,
+        audios: int | None = None,
         **template: Any,
     ) -> Any:
         """A chat conversation's engine input: its audios fetched and decoded (reserved on
-        `ticket`), then `render`ed with the template options in `template`."""
-        audios = await self.load_audios(refs, ticket)
-        return await self.render(conversation, audios, think, **template)
+        `ticket`; `audios`: as `load_audios`), then `render`ed with the template options in
+        `template`."""
+        decoded = await self.load_audios(refs, ticket, audios)
+        return await self.render(conversation, decoded, think, **template)
 
     def check_token_ids(self, ids: list[int], param: str) -> None:
         """Refuse ids past the tokenizer's vocabulary, naming `param`."""

@@ -606,6 +606,13 @@ class RealtimeSession:
                     params.append(f"item[{item.id}].content[{j}]")
         return messages, params
 
+    def _prepare(self, body: ChatCompletionRequest, params: list[str]) -> Any:
+        """`prepare_chat` on the session's socket; an audio part's clips (one place in
+        `params`) count as one audio."""
+        return prepare_chat(
+            body, self.ws, self.runtime, self.chat, ENDPOINT, params, audios=len(set(params))
+        )
+
     def _chat_body(self, messages: list[dict], max_tokens: int | str) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(
             {
@@ -630,9 +637,7 @@ class RealtimeSession:
             )
             messages, params = await self._messages(self.settings.instructions, turn)
             body = self._chat_body(messages, 1)
-            answer = await prepare_chat(
-                body, self.ws, self.runtime, self.chat, ENDPOINT, audio_params=params
-            )
+            answer = await self._prepare(body, params)
             served = answer.served
             async with contextlib.aclosing(answer.chunk_models()) as chunks:
                 async for _ in chunks:
@@ -658,9 +663,7 @@ class RealtimeSession:
             if not any(m["role"] != "system" for m in messages):
                 raise _invalid("The conversation is empty: commit audio or create an item first.")
             body = self._chat_body(messages, max_output)
-            answer = await prepare_chat(
-                body, self.ws, self.runtime, self.chat, ENDPOINT, audio_params=params
-            )
+            answer = await self._prepare(body, params)
             served = answer.served
             shown = Item(id=item.id, role="assistant", status="in_progress", content=[])
             await self.send(

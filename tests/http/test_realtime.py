@@ -433,6 +433,26 @@ async def test_long_turn_is_prefilled_while_spoken(api: InProcess, speech) -> No
     assert len(api.engine.audios[api.engine.started[-1]]) == 1
 
 
+two_audios = server_fixture("--max-audios-per-request", "2")
+
+
+@pytest.mark.asyncio
+async def test_a_cut_turn_counts_as_one_audio(two_audios: InProcess, speech) -> None:
+    """--max-audios-per-request counts a conversation's audio turns, not the clips a long
+    turn is sent as: two turns (a 35-s one, two clips) are answered; a third is refused."""
+    async with realtime_socket(two_audios.app, f"model={MODEL}") as ws:
+        await conversation(ws)
+        await send_turn(ws, at_24k(speech, 35.0))
+        await send_turn(ws, at_24k(speech, 2.0))
+        await ws.send({"type": "response.create"})
+        done = checked(await ws.recv_until("response.done"))[-1]
+        assert done["response"]["status"] in ("completed", "incomplete")
+        assert len(two_audios.engine.audios[two_audios.engine.started[-1]]) == 3
+        await send_turn(ws, at_24k(speech, 2.0))
+        error = await ws.recv_until("error")
+        assert error[-1]["error"]["code"] == "too_many_audios"
+
+
 @pytest.mark.asyncio
 async def test_cancel_think_and_audio_output(api: InProcess, speech) -> None:
     from tests.support.http_helpers import until
