@@ -76,7 +76,7 @@ def engine_kwargs(
         # long turns cut at their 30-s windows (`AudioSpec.window_cuts`), so that their
         # finished windows are prefilled while the turn is spoken. The engine's count is
         # the clips'. It sizes no memory: vLLM's profile is bounded by the encoder budget.
-        "limit_mm_per_prompt": {"audio": max_audios * audio.max_windows},
+        "limit_mm_per_prompt": {"audio": max_audios * audio.max_clips},
         "max_model_len": sizes["max_model_len"],
         "max_num_batched_tokens": sizes["max_num_batched_tokens"],
     }

@@ -40,14 +40,21 @@ def engine_dead_error() -> APIError:
 class ServedRequest:
     """One API request that runs engine requests; `endpoint` labels its metrics."""
 
-    def __init__(self, runtime: Runtime, request: Request | WebSocket, endpoint: str) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        request: Request | WebSocket,
+        endpoint: str,
+        session: str | None = None,
+    ) -> None:
         self.runtime = runtime
         self.request = request
         self.endpoint = endpoint
         self.arrival = runtime.clock()  # wall clock, as the engine's own timestamps
         self.ticket: Ticket | None = None
-        # The conversation it belongs to, named by the client (X-Session-ID, as vLLM reads it).
-        self.session = request.headers.get(SESSION_ID_HEADER) or None
+        # The conversation it belongs to, named by the client (X-Session-ID, as vLLM reads it)
+        # or else by the server (`session`: a realtime conversation's).
+        self.session = request.headers.get(SESSION_ID_HEADER) or session
         self._first_token_seen = False
 
     async def prepare(self, work: Callable[[Ticket], Awaitable[T]]) -> T:

@@ -155,6 +155,11 @@ class AudioSpec:
         ends = range(self.window_samples, num_samples, self.window_samples)
         return [end for end in ends if num_samples - end >= self.min_samples]
 
+    @property
+    def max_clips(self) -> int:
+        """Most clips `window_cuts` makes of an audio within the limit."""
+        return max(1, math.ceil(self.max_audio_seconds / self.window_seconds))
+
     def num_audio_tokens(self, num_samples: int) -> int:
         """Placeholder count: what the windows yield, equal to HF's formula over the summed
         mask of all windows (each full window adds an even 1,500 positions)."""

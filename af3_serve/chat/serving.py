@@ -191,6 +191,7 @@ async def prepare_chat(
     endpoint: str = "chat",
     audio_params: list[str] | None = None,
     audios: int | None = None,
+    session: str | None = None,
 ) -> ChatAnswer:
     """Everything before the engine, along `ServedRequest`'s path: vLLM's checks of the
     body, the tool settings' refusals and constraint, the prompt (audio decoded, template
@@ -199,7 +200,8 @@ async def prepare_chat(
     and `audio_params` names each audio's place in the client's own request, where it is not
     chat's `messages[...]` (the Responses API translates its body into a chat request and
     reuses all of this); `audios`, how many audios the audio parts are, where fewer (a
-    realtime conversation's long turn is sent as clips)."""
+    realtime conversation's long turn is sent as clips); `session`, the conversation it
+    belongs to where the client names none (`ServedRequest`)."""
     think = runtime.models.is_think(body.model, body.thinking)
     check_stream_options(body)
     view = vllm_view(body)  # vLLM's checks of the fields it shares with us
@@ -216,7 +218,7 @@ async def prepare_chat(
     conversation, refs = to_conversation(body.messages, tools, runtime.inputs.default_system)
     if audio_params is not None:
         refs = [AudioRef(r.part, param) for r, param in zip(refs, audio_params, strict=True)]
-    served = ServedRequest(runtime, request, endpoint)
+    served = ServedRequest(runtime, request, endpoint, session)
 
     async def prepare(ticket: Ticket) -> tuple[Any, SamplingParams]:
         engine_input = await runtime.inputs.chat_prompt(

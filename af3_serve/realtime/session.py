@@ -355,7 +355,7 @@ class RealtimeSession:
         turn's finished windows are all prefilled or the turn is committed."""
         while self.counts["turns"] == turn and (windows := self._unprefilled()):
             self.prefilled = windows
-            await self._prefill(self.buffer.peek(), windows)
+            await self._prefill(self.buffer.peek(), windows, turn)
 
     def _drop_turn(self) -> None:
         """The buffered turn is gone (cleared, or a new one began): so is its work."""
@@ -441,12 +441,13 @@ class RealtimeSession:
     def _max_audios(self) -> int:
         return self.runtime.config.max_audios_per_request
 
-    def _check_audio_room(self) -> None:
+    def _check_audio_room(self, adding: int = 1) -> None:
         audios, limit = self._audios(), self._max_audios
-        if audios >= limit:
+        if audios + adding > limit:
             raise _invalid(
-                f"This conversation holds {audios} audio turns, the most one response can "
-                f"take (--max-audios-per-request); start a new session.",
+                f"This conversation holds {audios} audios; {adding} more would pass the "
+                f"{limit} one response can take (--max-audios-per-request); start a new "
+                "session.",
                 code="too_many_audios",
             )
 
@@ -474,8 +475,14 @@ class RealtimeSession:
                 raise _invalid("A text part needs its text.", param=param + ".text")
             else:
                 parts.append(("text", part.text))
-        if any(kind == "audio" for kind, _ in parts):
-            self._check_audio_room()
+        if adding := sum(kind == "audio" for kind, _ in parts):
+            self._check_audio_room(adding)
+        if event.item.id is not None and any(i.id == event.item.id for i in self.items):
+            raise _invalid(
+                f"The conversation already has an item with id '{event.item.id}'.",
+                param="item.id",
+                code="item_id_taken",
+            )
         item = ConversationItem(event.item.id or new_id("item"), event.item.role, parts)
         await self._add_item(item, self.last_item_id)
 
@@ -574,11 +581,11 @@ class RealtimeSession:
                 )
 
     async def _messages(
-        self, instructions: str | None, turn: ConversationItem | None = None
-    ) -> tuple[list[dict], list[str]]:
-        """The conversation (and the `turn` being spoken) as chat messages (a run of user
-        items is one user turn, in order), with each audio's place named for errors."""
-        items = [*self.items, *([turn] if turn is not None else [])]  # as they are now
+        self, instructions: str | None, items: list[ConversationItem]
+    ) -> tuple[list[dict], list[str], int]:
+        """The conversation's `items` as chat messages (a run of user items is one user
+        turn, in order), each audio's place named for errors (one per clip), and how many
+        audio parts they hold."""
         for item in items:
             await self._cut(item)
         messages: list[dict[str, Any]] = []
@@ -604,14 +611,13 @@ class RealtimeSession:
                     part = {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}}
                     messages[-1]["content"].append(part)
                     params.append(f"item[{item.id}].content[{j}]")
-        return messages, params
+        return messages, params, sum(len(item.clips) for item in items)
 
-    def _prepare(self, body: ChatCompletionRequest, params: list[str]) -> Any:
-        """`prepare_chat` on the session's socket; an audio part's clips (one place in
-        `params`) count as one audio."""
-        return prepare_chat(
-            body, self.ws, self.runtime, self.chat, ENDPOINT, params, audios=len(set(params))
-        )
+    def _prepare(self, body: ChatCompletionRequest, params: list[str], audios: int) -> Any:
+        """`prepare_chat` on the session's socket: `audios` audio parts (their clips in
+        `params`), on the data-parallel engine of this conversation, where its prefix is."""
+        chat, ws = self.chat, self.ws
+        return prepare_chat(body, ws, self.runtime, chat, ENDPOINT, params, audios, self.id)
 
     def _chat_body(self, messages: list[dict], max_tokens: int | str) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate(
@@ -624,26 +630,33 @@ class RealtimeSession:
             }
         )
 
-    async def _prefill(self, audio: bytes, windows: int) -> None:
+    async def _prefill(self, audio: bytes, windows: int, turn: int) -> None:
         """The conversation so far and the spoken turn's first `windows` windows (`audio`:
         the turn so far, a WAV file), for one token: their encoder work and prefill land in
-        the prefix cache. Best effort: a refusal (the server busy) leaves it to the answer."""
+        the prefix cache. Best effort: a refusal (the server busy) leaves it to the answer,
+        and a turn committed meanwhile is the answer's to send."""
         inputs = self.runtime.inputs
+        items = list(self.items)  # what precedes the turn, as its answer will have it
         served = None
         try:
-            turn = ConversationItem("turn", "user", [("audio", b"")])
-            turn.clips[0] = await inputs.off_loop(
+            spoken = ConversationItem("", "user", [("audio", b"")])
+            spoken.clips[0] = await inputs.off_loop(
                 decoded_clips, audio, inputs.limits, inputs.spec, "audio", windows
             )
-            messages, params = await self._messages(self.settings.instructions, turn)
-            body = self._chat_body(messages, 1)
-            answer = await self._prepare(body, params)
+            messages, params, audios = await self._messages(
+                self.settings.instructions, [*items, spoken]
+            )
+            if self.counts["turns"] != turn:
+                return
+            answer = await self._prepare(self._chat_body(messages, 1), params, audios)
             served = answer.served
             async with contextlib.aclosing(answer.chunk_models()) as chunks:
                 async for _ in chunks:
                     pass
         except (APIError, EngineDeadError) as exc:
             logger.info("realtime session %s: a turn's prefill was not run: %s", self.id, exc)
+        except Exception:  # best effort: never the session's end
+            logger.exception("realtime session %s: a turn's prefill failed", self.id)
         finally:
             if served is not None:
                 served.release()
@@ -659,11 +672,10 @@ class RealtimeSession:
         outcome = "failed"
         text = ""
         try:
-            messages, params = await self._messages(instructions)
+            messages, params, audios = await self._messages(instructions, list(self.items))
             if not any(m["role"] != "system" for m in messages):
                 raise _invalid("The conversation is empty: commit audio or create an item first.")
-            body = self._chat_body(messages, max_output)
-            answer = await self._prepare(body, params)
+            answer = await self._prepare(self._chat_body(messages, max_output), params, audios)
             served = answer.served
             shown = Item(id=item.id, role="assistant", status="in_progress", content=[])
             await self.send(

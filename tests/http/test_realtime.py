@@ -439,9 +439,15 @@ two_audios = server_fixture("--max-audios-per-request", "2")
 @pytest.mark.asyncio
 async def test_a_cut_turn_counts_as_one_audio(two_audios: InProcess, speech) -> None:
     """--max-audios-per-request counts a conversation's audio turns, not the clips a long
-    turn is sent as: two turns (a 35-s one, two clips) are answered; a third is refused."""
+    turn is sent as: two turns (a 35-s one, two clips) are answered; a third is refused, as
+    is an item of more audio parts than there is room for, and an item id already taken."""
     async with realtime_socket(two_audios.app, f"model={MODEL}") as ws:
         await conversation(ws)
+        second = base64.b64encode(pcm16(at_24k(speech, 1.0))).decode()
+        part = {"type": "input_audio", "audio": second}
+        three = {"type": "message", "role": "user", "content": [part] * 3}
+        await ws.send({"type": "conversation.item.create", "item": three})
+        assert (await ws.recv())["error"]["code"] == "too_many_audios"
         await send_turn(ws, at_24k(speech, 35.0))
         await send_turn(ws, at_24k(speech, 2.0))
         await ws.send({"type": "response.create"})
@@ -451,6 +457,46 @@ async def test_a_cut_turn_counts_as_one_audio(two_audios: InProcess, speech) -> 
         await send_turn(ws, at_24k(speech, 2.0))
         error = await ws.recv_until("error")
         assert error[-1]["error"]["code"] == "too_many_audios"
+        hi = [{"type": "input_text", "text": "Hi"}]
+        said = {"type": "message", "role": "user", "content": hi}
+        await ws.send({"type": "conversation.item.create", "item": {**said, "id": "mine"}})
+        await ws.recv_until("conversation.item.done")
+        await ws.send({"type": "conversation.item.create", "item": {**said, "id": "mine"}})
+        assert (await ws.recv())["error"]["code"] == "item_id_taken"
+
+
+two_engines = server_fixture("--data-parallel-size", "2")
+
+
+@pytest.mark.asyncio
+async def test_a_conversation_stays_on_one_data_parallel_engine(
+    two_engines: InProcess, speech
+) -> None:
+    """A conversation's requests (a long turn's prefill, the answers) are named by the
+    session's id, so they reach the data-parallel engine that holds its prefix."""
+    seen: list[tuple[str | None, int | None]] = []
+    generate = two_engines.engine.generate
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append((kwargs.get("session_id"), kwargs.get("data_parallel_rank")))
+        return generate(*args, **kwargs)
+
+    two_engines.engine.generate = spy
+    async with realtime_socket(two_engines.app, f"model={MODEL}") as ws:
+        session = (await ws.recv())["session"]["id"]
+        for event in append(at_24k(speech, 35.0), chunk_s=5.0):
+            await ws.send(event)
+        for _ in range(500):  # the first window's prefill
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        await ws.send({"type": "input_audio_buffer.commit"})
+        for _ in range(2):
+            await ws.send({"type": "response.create", "response": {"max_output_tokens": 4}})
+            done = checked(await ws.recv_until("response.done"))[-1]
+            assert done["response"]["status"] == "incomplete"
+    assert len(seen) == 3 and {s for s, _ in seen} == {session}
+    assert len({rank for _, rank in seen}) == 1 and seen[0][1] is not None
 
 
 @pytest.mark.asyncio

@@ -74,3 +74,5 @@ def test_window_cuts() -> None:
         pieces = np.split(np.zeros(n), spec.window_cuts(n))
         assert sum(spec.num_audio_tokens(p.size) for p in pieces) == spec.num_audio_tokens(n)
     assert AudioSpec(audio_span_tokens=True).window_cuts(3 * window) == []
+    # The engine's audios per prompt are the API's times this (engine.py).
+    assert [AudioSpec().limited(s).max_clips for s in (None, 20, 45, 60.5)] == [20, 1, 2, 3]
