@@ -257,11 +257,13 @@ async def test_long_turn_is_prefilled_while_spoken(rt_client, server, speech) ->
         await conn.recv()
         await conn.session.update(session={"type": "realtime", "max_output_tokens": 4})
         assert (await conn.recv()).type == "session.updated"
-        await stream(conn, audio, chunk_s=1.0)
-        for _ in range(600):  # the two prefills run to their end (polled, the socket kept)
-            if finished(server) == before + 2:
-                break
-            await asyncio.sleep(0.5)
+        split = 35 * 24000
+        for sent, wanted in ((audio[:split], 1), (audio[split:], 2)):  # 35 s, then the rest
+            await stream(conn, sent, chunk_s=1.0)
+            for _ in range(600):  # each window's prefill runs to its end (polled: the
+                if finished(server) == before + wanted:  # socket is kept)
+                    break
+                await asyncio.sleep(0.5)
         await conn.input_audio_buffer.commit()
         await conn.response.create()
         done = (await until(conn, "response.done"))[-1].response
