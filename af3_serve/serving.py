@@ -7,6 +7,7 @@ become OpenAI-shaped errors (or, mid-stream, an error event); the admission is r
 exactly once, however the request ends."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -26,6 +27,8 @@ from af3_serve.edge.errors import APIError
 from af3_serve.runtime import ENGINE_DEAD_MESSAGE, Runtime
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 def sse(payload: str) -> str:
@@ -124,8 +127,15 @@ class ServedRequest:
         watcher = asyncio.ensure_future(disconnected())
         try:
             await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()  # this request itself is cancelled: so is its work
+            raise
         finally:
             watcher.cancel()
+        if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
+            # The server's receive failed (not the client's disconnect): logged, then
+            # handled as a disconnect, since the request's socket is gone either way.
+            logger.warning("reading a request's socket failed", exc_info=watcher.exception())
         if not task.done():
             task.cancel()
             metrics.CLIENT_DISCONNECTS.labels(endpoint).inc()

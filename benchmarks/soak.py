@@ -59,6 +59,9 @@ REALTIME_RATE = 24000  # OpenAI's realtime PCM: 24 kHz, 16-bit mono
 COMPLETED = "conversation.item.input_audio_transcription.completed"
 TRANSCRIPTION_FAILED = "conversation.item.input_audio_transcription.failed"
 KV_BLOCK_TOKENS = 128  # the CPU build's KV block
+# A log record's first line: af3-serve's ("2026-12-06 18:07:20,273 ...") or vLLM's
+# ("(APIServer pid=1) INFO 12-06 ..."); lines without one continue the record before.
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d |\(\w+ pid=\d+\) |INFO|WARNING|ERROR|DEBUG)")
 
 # Server VAD on /v1/realtime (`turn_detection: {"type": "server_vad"}`, `--server-vad`):
 # "auto" asks the server at the start and runs the `realtime_server_vad` workload only where
@@ -842,9 +845,23 @@ async def soak(server: harness.Server, args: argparse.Namespace) -> dict[str, An
 
 
 def server_log_errors(text: str) -> dict[str, Any]:
-    """Tracebacks and ERROR lines in the server's log (none are expected)."""
-    errors = [line for line in text.splitlines() if " ERROR " in line or "Traceback" in line]
-    return {"error_lines": len(errors), "first": errors[:20]}
+    """ERROR lines and tracebacks in the server's log (none are expected), each with the
+    lines that continue it (a traceback, asyncio's `future: <Task ...>`), which name the
+    cause: the first 20 entries, 40 lines each at most."""
+    entries: list[list[str]] = []
+    within = False  # the lines since the last record's first line continue an error
+    for line in text.splitlines():
+        if " ERROR " in line or (line.startswith("Traceback") and not within):
+            entries.append([line])
+            within = True
+        elif LOG_LINE.match(line):
+            within = False
+        elif within and len(entries[-1]) < 40:
+            entries[-1].append(line)  # no timestamp of its own: the error's continuation
+    return {
+        "error_lines": len(entries),
+        "first": [line for entry in entries[:20] for line in entry],
+    }
 
 
 def plot(path: Path, samples: Sequence[dict[str, Any]]) -> None:

@@ -567,8 +567,15 @@ class RealtimeSession:
     def _spawn(self, work: Any) -> asyncio.Task:
         task = asyncio.create_task(work)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        """A task of the session ended; one that failed unexpectedly (its own errors are
+        events) is logged with its session, and the session goes on."""
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.error("realtime session %s: a task failed", self.id, exc_info=exc)
 
     async def _cut(self, item: ConversationItem) -> None:
         """The item's audio parts as clips (prefill.py), decoded as an upload is, once."""

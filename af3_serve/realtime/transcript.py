@@ -136,6 +136,9 @@ class TurnTranscript:
         finally:
             for part in parts:
                 part.cancel()  # a turn dropped or failed: its windows leave the engine
+                failed = part.exception() if part.done() and not part.cancelled() else None
+                if failed is not None and not isinstance(failed, APIError | EngineDeadError):
+                    logger.error("realtime turn %s: a part failed", self.item_id, exc_info=failed)
             metrics.REALTIME_TURNS.labels("transcription", outcome).inc()
 
     async def _plan(self, audio: bytes, final: bool, ticket: Ticket) -> Planned:

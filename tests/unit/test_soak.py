@@ -15,6 +15,7 @@ from benchmarks.soak import (
     kv_capacity_tokens,
     process_role,
     rss_report,
+    server_log_errors,
     slope_per_thousand,
 )
 
@@ -104,3 +105,22 @@ def test_metrics_summed_over_engines_and_the_kv_cache_size() -> None:
     assert kv_capacity_tokens(METRICS) == 65536
     with pytest.raises(RuntimeError):
         kv_capacity_tokens("")
+
+
+def test_server_log_errors_keep_what_names_the_cause() -> None:
+    log = "\n".join(
+        [
+            "2026-12-06 18:07:20,100 INFO af3_serve.access POST /v1/chat/completions 200",
+            "2026-12-06 18:07:20,273 ERROR asyncio Task exception was never retrieved",
+            "future: <Task finished name='Task-9' coro=<f() done> exception=ValueError('x')>",
+            "Traceback (most recent call last):",
+            '  File "a.py", line 1, in f',
+            "ValueError: x",
+            "(APIServer pid=7) INFO 12-06 18:07:21 [loggers.py:1] Engine 000: running",
+            "INFO:     127.0.0.1:5 - GET /health 200",
+        ]
+    )
+    errors = server_log_errors(log)
+    assert errors["error_lines"] == 1
+    assert errors["first"][0].endswith("Task exception was never retrieved")
+    assert errors["first"][1].startswith("future: <Task") and errors["first"][-1] == "ValueError: x"
