@@ -31,9 +31,15 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
+# Characters a JSON string may hold raw that Python's str.splitlines, and so httpx's
+# `aiter_lines`, breaks lines at (SSE itself breaks only at CR and LF): escaped, the JSON's
+# value is the same and no client cuts an event in two.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def sse(payload: str) -> str:
     """One server-sent event; `payload` is JSON (or [DONE])."""
-    return f"data: {payload}\n\n"
+    return f"data: {payload.translate(_LINE_BREAKS)}\n\n"
 
 
 def engine_dead_error() -> APIError:
