@@ -10,7 +10,8 @@ import pytest
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 
-from af3_model_executor.constants import SAMPLE_RATE
+from af3_model_executor.audio_spec import AudioSpec
+from af3_model_executor.constants import MAX_AUDIOS_PER_PROMPT, SAMPLE_RATE
 from af3_model_executor.families import AF3
 from tests.support.audio_files import make_clip
 from tests.support.oracles import chat_prompt
@@ -39,11 +40,15 @@ def test_shortest_accepted_audio_gives_one_token(llm, tiny_checkpoint, speech) -
 
 
 def test_more_audios_than_the_limit_are_refused(llm, tiny_checkpoint, speech) -> None:
-    prompt = chat_prompt(tiny_checkpoint, num_audios=9)
+    """The engine takes the API's 8 audios, each cut into as many clips as the longest audio
+    has windows (a realtime conversation's, realtime/prefill.py): 8 x 20; one more is
+    refused. (The API refuses a ninth audio itself: tests/http.)"""
+    limit = MAX_AUDIOS_PER_PROMPT * AudioSpec.from_pretrained(tiny_checkpoint).max_clips
+    prompt = chat_prompt(tiny_checkpoint, num_audios=limit + 1)
     clip = make_clip(speech, 1.0)
-    with pytest.raises(VLLMValidationError, match=r"At most 8 audio"):
+    with pytest.raises(VLLMValidationError, match=rf"At most {limit} audio"):
         llm.generate(
-            {"prompt": prompt, "multi_modal_data": {"audio": [(clip, SAMPLE_RATE)] * 9}},
+            {"prompt": prompt, "multi_modal_data": {"audio": [(clip, SAMPLE_RATE)] * (limit + 1)}},
             SamplingParams(max_tokens=1),
         )
 
